@@ -55,7 +55,7 @@ def to_json(value: Any) -> JsonValue:
         result: JsonValue = value.to_json()
         return result
     if isinstance(value, Flag):
-        return flag_names(value)
+        return list[JsonValue](flag_names(value))
     if isinstance(value, Enum):
         return value.name
     if isinstance(value, int | float):

@@ -122,8 +122,9 @@ class _MderNumber:
                     f"{value} needs mantissa {mant} at exponent {exp}; "
                     f"{cls.__name__} holds at most ±{limit}")
             return cls(mant, exp)
-        sign, digits, exp = dec.normalize().as_tuple()
-        assert isinstance(exp, int)
+        sign, digits, raw_exp = dec.normalize().as_tuple()
+        assert isinstance(raw_exp, int)  # finite: NaN/inf were handled above
+        exp = raw_exp
         mant = int("".join(map(str, digits)) or "0") * (-1 if sign else 1)
         if mant == 0:
             return cls(0, 0)
