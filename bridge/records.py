@@ -587,11 +587,11 @@ def _from_plain(tp: Any, value: Any, name: str) -> Any:
     origin = typing.get_origin(tp)
     if origin in (types.UnionType, typing.Union):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None:
-            if len(args) != len(typing.get_args(tp)):
-                return None
-            raise RecordError(f"field {name!r} must not be null")
+        if value is None and len(args) != len(typing.get_args(tp)):
+            return None
         return _from_plain(args[0], value, name)
+    if value is None:
+        raise RecordError(f"field {name!r} must not be null")
     if origin is frozenset:
         (inner,) = typing.get_args(tp)
         if not isinstance(value, list):
