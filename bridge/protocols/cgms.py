@@ -42,7 +42,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 from enum import IntEnum, IntFlag
-from typing import Self, TypeVar
+from typing import Self
 
 from bridge.errors import (
     CrcMismatch,
@@ -51,7 +51,7 @@ from bridge.errors import (
     UnknownOpCode,
     ValueOutOfRange,
 )
-from bridge.protocols.codec import MessageCodec
+from bridge.protocols.codec import MessageCodec, known
 from bridge.protocols.crc import crc16_mcrf4xx
 from bridge.protocols.date_time import DateTime
 from bridge.protocols.mder_float import SFloat
@@ -72,13 +72,8 @@ class CgmCharacteristic(IntEnum):
     CGM_SPECIFIC_OPS_CONTROL_POINT = 0x2AAC
 
 
-_E = TypeVar("_E", bound=IntEnum)
 
 
-def enum_or_int(enum_cls: type[_E], value: int) -> _E | int:
-    """The enum member for a defined value; reserved values stay plain ints (kept, not refused)."""
-    member = enum_cls._value2member_map_.get(value)
-    return member if isinstance(member, enum_cls) else int(value)
 
 
 def _read_sfloat(r: Reader, what: str) -> SFloat:
@@ -209,7 +204,7 @@ class CgmSampleLocation(IntEnum):
 
 
 def _split_type_location(octet: int) -> tuple[CgmSampleType | int, CgmSampleLocation | int]:
-    return enum_or_int(CgmSampleType, octet & 0x0F), enum_or_int(CgmSampleLocation, octet >> 4)
+    return known(CgmSampleType, octet & 0x0F), known(CgmSampleLocation, octet >> 4)
 
 
 def _join_type_location(sample_type: int, sample_location: int) -> int:
@@ -503,9 +498,9 @@ class CgmFeature:
             raise ValueOutOfRange(f"features=0x{int(self.features):X} does not fit 24 bits")
         _join_type_location(self.sample_type, self.sample_location)
         object.__setattr__(self, "features", CgmFeatureBits(self.features))
-        object.__setattr__(self, "sample_type", enum_or_int(CgmSampleType, self.sample_type))
+        object.__setattr__(self, "sample_type", known(CgmSampleType, self.sample_type))
         object.__setattr__(self, "sample_location",
-                           enum_or_int(CgmSampleLocation, self.sample_location))
+                           known(CgmSampleLocation, self.sample_location))
 
     @property
     def e2e_crc_supported(self) -> bool:
@@ -613,14 +608,14 @@ class CgmSessionStartTime:
             raise ValueOutOfRange(f"time zone {self.time_zone} does not fit sint8")
         if not 0 <= self.dst_offset <= 0xFF:
             raise ValueOutOfRange(f"DST offset {self.dst_offset} does not fit uint8")
-        object.__setattr__(self, "dst_offset", enum_or_int(DstOffset, self.dst_offset))
+        object.__setattr__(self, "dst_offset", known(DstOffset, self.dst_offset))
 
     @classmethod
     def from_bytes(cls, data: bytes, e2e: bool | None = None) -> Self:
         r = Reader(data)
         start_time = DateTime.read(r)
         time_zone = r.s8("time zone")
-        dst = enum_or_int(DstOffset, r.u8("DST offset"))
+        dst = known(DstOffset, r.u8("DST offset"))
         has_crc = _read_e2e_tail(r, e2e, 0, "CGM Session Start Time")
         return cls(start_time, time_zone, dst, has_crc)
 
@@ -827,9 +822,9 @@ class CgmCalibrationRecord:
         if not 0 <= self.status <= 0xFF:
             raise ValueOutOfRange(f"calibration status 0x{int(self.status):X} exceeds one octet")
         _join_type_location(self.sample_type, self.sample_location)
-        object.__setattr__(self, "sample_type", enum_or_int(CgmSampleType, self.sample_type))
+        object.__setattr__(self, "sample_type", known(CgmSampleType, self.sample_type))
         object.__setattr__(self, "sample_location",
-                           enum_or_int(CgmSampleLocation, self.sample_location))
+                           known(CgmSampleLocation, self.sample_location))
         object.__setattr__(self, "status", CalibrationStatus(self.status))
 
     @classmethod
@@ -867,9 +862,9 @@ class SocpResponse:
         if not 0 <= self.request_op_code <= 0xFF or not 0 <= self.response_code <= 0xFF:
             raise ValueOutOfRange("request op code and response code are one octet each")
         object.__setattr__(self, "request_op_code",
-                           enum_or_int(SocpOpCode, self.request_op_code))
+                           known(SocpOpCode, self.request_op_code))
         object.__setattr__(self, "response_code",
-                           enum_or_int(SocpResponseCode, self.response_code))
+                           known(SocpResponseCode, self.response_code))
 
     @property
     def success(self) -> bool:

@@ -12,8 +12,8 @@ import datetime as dt
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from enum import Enum, Flag
-from typing import Any
+from enum import Enum, Flag, IntEnum
+from typing import Any, TypeVar, cast
 
 JsonValue = None | bool | int | float | str | list["JsonValue"] | dict[str, "JsonValue"]
 
@@ -31,6 +31,19 @@ class MessageCodec:
     summary: str
     decode: Callable[[bytes], Any]
     encode: Callable[[Any], bytes] = bytes
+
+
+_E = TypeVar("_E", bound=IntEnum)
+
+
+def known(enum_cls: type[_E], value: int) -> _E | int:
+    """The enum member for a defined code; reserved codes stay plain ints.
+
+    Specifications reserve codes "for future use": a decoder keeps them rather than refusing
+    the frame, so decode → encode stays byte-exact and newer devices still read.
+    """
+    member = enum_cls._value2member_map_.get(value)
+    return cast(_E, member) if member is not None else int(value)
 
 
 def flag_names(value: Flag) -> list[str]:

@@ -20,10 +20,10 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 from enum import IntEnum, IntFlag
-from typing import Self, TypeVar
+from typing import Self
 
 from bridge.errors import ValueOutOfRange
-from bridge.protocols.codec import MessageCodec
+from bridge.protocols.codec import MessageCodec, known
 from bridge.protocols.date_time import DateTime
 from bridge.protocols.wire import Reader, Writer
 
@@ -75,12 +75,8 @@ class DstOffset(IntEnum):
 #: Time Zone value meaning "offset not known".
 TIME_ZONE_UNKNOWN = -128
 
-_E = TypeVar("_E", bound=IntEnum)
 
 
-def _known(enum_cls: type[_E], value: int) -> _E | int:
-    member = enum_cls._value2member_map_.get(value)
-    return member if isinstance(member, enum_cls) else int(value)
 
 
 def _fractions_from_microseconds(microsecond: int) -> int:
@@ -94,7 +90,7 @@ def _microseconds_from_fractions(fractions256: int) -> int:
 
 
 def _read_day_date_time(r: Reader) -> tuple[DateTime, DayOfWeek | int]:
-    return DateTime.read(r), _known(DayOfWeek, r.u8("day of week"))
+    return DateTime.read(r), known(DayOfWeek, r.u8("day of week"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +101,7 @@ class DayDateTime:
     day_of_week: DayOfWeek | int = DayOfWeek.UNKNOWN
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "day_of_week", _known(DayOfWeek, self.day_of_week))
+        object.__setattr__(self, "day_of_week", known(DayOfWeek, self.day_of_week))
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Self:
@@ -137,7 +133,7 @@ class ExactTime256:
     fractions256: int = 0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "day_of_week", _known(DayOfWeek, self.day_of_week))
+        object.__setattr__(self, "day_of_week", known(DayOfWeek, self.day_of_week))
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Self:
@@ -177,7 +173,7 @@ class CurrentTime:
     adjust_reason: AdjustReason = NO_ADJUSTMENT
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "day_of_week", _known(DayOfWeek, self.day_of_week))
+        object.__setattr__(self, "day_of_week", known(DayOfWeek, self.day_of_week))
         object.__setattr__(self, "adjust_reason", AdjustReason(self.adjust_reason))
 
     @classmethod
@@ -233,7 +229,7 @@ class LocalTimeInformation:
     def __post_init__(self) -> None:
         if self.time_zone != TIME_ZONE_UNKNOWN and not -48 <= self.time_zone <= 56:
             raise ValueOutOfRange(f"time zone {self.time_zone} outside -48…56 (and not -128)")
-        object.__setattr__(self, "dst_offset", _known(DstOffset, self.dst_offset))
+        object.__setattr__(self, "dst_offset", known(DstOffset, self.dst_offset))
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Self:

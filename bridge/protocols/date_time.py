@@ -9,12 +9,15 @@ round trip; :meth:`DateTime.to_datetime` gives a naive ``datetime`` when the val
 from __future__ import annotations
 
 import datetime as dt
+import struct
 from dataclasses import dataclass
 from typing import Self
 
 from bridge.errors import ValueOutOfRange
 from bridge.protocols.codec import MessageCodec
 from bridge.protocols.wire import Reader, Writer
+
+_LAYOUT = struct.Struct("<HBBBBB")
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,8 +34,7 @@ class DateTime:
     @classmethod
     def read(cls, r: Reader) -> Self:
         start = r.offset
-        value = cls(r.u16("year"), r.u8("month"), r.u8("day"), r.u8("hours"), r.u8("minutes"),
-                    r.u8("seconds"))
+        value = cls(*r.unpack(_LAYOUT, "Date Time"))
         problem = value.problem()
         if problem:
             raise ValueOutOfRange(f"Date Time {problem}", r.data, start)

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Self, TypeVar
+from typing import Self
 
 from bridge.errors import MalformedFrame, ValueOutOfRange
-from bridge.protocols.codec import MessageCodec
+from bridge.protocols.codec import MessageCodec, known
 from bridge.protocols.wire import Reader, Writer
 
 DEVICE_INFORMATION_SERVICE_UUID = 0x180A
@@ -43,12 +43,8 @@ STRING_CHARACTERISTICS = frozenset({
     DisCharacteristic.SOFTWARE_REVISION_STRING,
 })
 
-_E = TypeVar("_E", bound=IntEnum)
 
 
-def _known(enum_cls: type[_E], value: int) -> _E | int:
-    member = enum_cls._value2member_map_.get(value)
-    return member if isinstance(member, enum_cls) else int(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +141,7 @@ class PnpId:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "vendor_id_source",
-                           _known(VendorIdSource, self.vendor_id_source))
+                           known(VendorIdSource, self.vendor_id_source))
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Self:

@@ -17,10 +17,10 @@ import datetime as dt
 from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import IntEnum, IntFlag
-from typing import Self, TypeVar
+from typing import Self
 
 from bridge.errors import ValueOutOfRange
-from bridge.protocols.codec import MessageCodec
+from bridge.protocols.codec import MessageCodec, known
 from bridge.protocols.date_time import DateTime
 from bridge.protocols.mder_float import SFloat
 from bridge.protocols.wire import Reader, Writer
@@ -37,13 +37,8 @@ class GlsCharacteristic(IntEnum):
     RECORD_ACCESS_CONTROL_POINT = 0x2A52
 
 
-_E = TypeVar("_E", bound=IntEnum)
 
 
-def _known(enum_cls: type[_E], value: int) -> _E | int:
-    """The enum member for a defined value; reserved values stay plain ints (kept, not refused)."""
-    member = enum_cls._value2member_map_.get(value)
-    return member if isinstance(member, enum_cls) else int(value)
 
 
 def _nibble(value: int | None, what: str) -> None:
@@ -169,10 +164,10 @@ class GlucoseMeasurement:
         _nibble(self.sample_type, "sample_type")
         _nibble(self.sample_location, "sample_location")
         if self.sample_type is not None:
-            object.__setattr__(self, "sample_type", _known(GlucoseSampleType, self.sample_type))
+            object.__setattr__(self, "sample_type", known(GlucoseSampleType, self.sample_type))
         if self.sample_location is not None:
             object.__setattr__(self, "sample_location",
-                               _known(SampleLocation, self.sample_location))
+                               known(SampleLocation, self.sample_location))
         object.__setattr__(self, "units", ConcentrationUnit(self.units))
         if self.sensor_status is not None:
             object.__setattr__(self, "sensor_status",
@@ -443,7 +438,7 @@ class GlucoseMeasurementContext:
                                ("medication_id", MedicationId)):
             value = getattr(self, name)
             if value is not None:
-                object.__setattr__(self, name, _known(enum_cls, value))
+                object.__setattr__(self, name, known(enum_cls, value))
         object.__setattr__(self, "medication_units", MedicationUnit(self.medication_units))
         f = GlucoseContextFlags(0)
         if self.carbohydrate_id is not None:

@@ -44,7 +44,7 @@ from bridge.errors import (
     UnknownOpCode,
     ValueOutOfRange,
 )
-from bridge.protocols.codec import MessageCodec
+from bridge.protocols.codec import MessageCodec, known
 from bridge.protocols.crc import crc16_mcrf4xx
 from bridge.protocols.mder_float import MderFloat, SFloat
 from bridge.protocols.wire import Reader, Writer
@@ -70,13 +70,8 @@ class IdsCharacteristic(IntEnum):
 # Shared helpers
 # --------------------------------------------------------------------------------------------
 
-_E = TypeVar("_E", bound=IntEnum)
 
 
-def known(enum_cls: type[_E], value: int) -> _E | int:
-    """The enum member for a defined value; reserved values stay plain ints (kept, not refused)."""
-    member = enum_cls._value2member_map_.get(value)
-    return member if isinstance(member, enum_cls) else int(value)
 
 
 def read_sfloat(r: Reader, what: str) -> SFloat:

@@ -24,6 +24,7 @@ from enum import IntEnum, IntFlag
 from typing import Any, ClassVar, Self
 
 from bridge.errors import ValueOutOfRange
+from bridge.protocols.codec import known
 from bridge.protocols.date_time import DateTime
 from bridge.protocols.ids import (
     AnnunciationStatus,
@@ -39,7 +40,6 @@ from bridge.protocols.ids import (
     check_optional,
     check_uint,
     e2e_codecs,
-    known,
     read_sfloat,
     write_sfloat,
 )

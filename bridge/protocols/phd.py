@@ -25,7 +25,7 @@ from enum import IntEnum, IntFlag
 from typing import Any, ClassVar, Self
 
 from bridge.errors import MalformedFrame, TruncatedFrame, UnknownOpCode, ValueOutOfRange
-from bridge.protocols.codec import MessageCodec
+from bridge.protocols.codec import MessageCodec, known
 from bridge.protocols.mdc import (
     ActionCode,
     AttrId,
@@ -49,7 +49,6 @@ from bridge.protocols.phd_attributes import (
     decode_attribute,
     encode_attribute,
     fixed_size,
-    known,
     mder_reader,
     mder_writer,
     read_any,

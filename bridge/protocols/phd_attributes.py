@@ -20,10 +20,10 @@ import datetime as dt
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum, IntFlag
-from typing import Any, ClassVar, Self, TypeVar, cast
+from typing import Any, ClassVar, Self, TypeVar
 
 from bridge.errors import MalformedFrame, TruncatedFrame, ValueOutOfRange
-from bridge.protocols.codec import JsonValue, MessageCodec, to_json
+from bridge.protocols.codec import JsonValue, MessageCodec, known, to_json
 from bridge.protocols.mdc import (
     ActionCode,
     AttrId,
@@ -39,13 +39,8 @@ from bridge.protocols.mder_float import MderFloat, SFloat
 from bridge.protocols.wire import Reader, Writer
 
 T = TypeVar("T")
-E = TypeVar("E", bound=IntEnum)
 
 
-def known(enum_cls: type[E], value: int) -> E | int:
-    """The enum member for a defined code; other values stay plain ints (kept, not refused)."""
-    member = enum_cls._value2member_map_.get(value)
-    return cast(E, member) if member is not None else int(value)
 
 
 def mder_reader(data: bytes) -> Reader:

@@ -23,10 +23,10 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass
 from enum import Enum, IntEnum
-from typing import Self, TypeVar
+from typing import Self
 
 from bridge.errors import ProtocolError, UnknownOpCode, ValueOutOfRange
-from bridge.protocols.codec import MessageCodec
+from bridge.protocols.codec import MessageCodec, known
 from bridge.protocols.date_time import DateTime
 from bridge.protocols.wire import Reader, Writer
 
@@ -110,12 +110,8 @@ class RacpService(Enum):
         return GlsFilterType if self is RacpService.GLS else CgmFilterType
 
 
-_E = TypeVar("_E", bound=IntEnum)
 
 
-def _known(enum_cls: type[_E], value: int) -> _E | int:
-    member = enum_cls._value2member_map_.get(value)
-    return member if isinstance(member, enum_cls) else int(value)
 
 
 FilterValue = int | DateTime
@@ -194,7 +190,7 @@ class RacpRequest:
         object.__setattr__(self, "op_code", RacpOpCode(self.op_code))
         if self.op_code not in REQUEST_OP_CODES:
             raise ValueOutOfRange(f"{self.op_code.name} is a response, not a request")
-        object.__setattr__(self, "operator", _known(RacpOperator, self.operator))
+        object.__setattr__(self, "operator", known(RacpOperator, self.operator))
         operator = self.operator
         f = self.filter
         if operator in FILTERED_OPERATORS:
@@ -227,7 +223,7 @@ class RacpRequest:
                     minimum = _read_filter_value(r, filter_type, service)
                 if operator != RacpOperator.GREATER_THAN_OR_EQUAL_TO:
                     maximum = _read_filter_value(r, filter_type, service)
-                flt = RacpFilter(_known(service.filter_types, filter_type), minimum, maximum)
+                flt = RacpFilter(known(service.filter_types, filter_type), minimum, maximum)
             else:
                 flt = RacpFilter(filter_type, raw=r.rest())
         elif operator not in RacpOperator._value2member_map_:
@@ -269,7 +265,7 @@ class RacpNumberOfRecords:
     operator: RacpOperator | int = RacpOperator.NULL
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "operator", _known(RacpOperator, self.operator))
+        object.__setattr__(self, "operator", known(RacpOperator, self.operator))
 
     @classmethod
     def read(cls, r: Reader) -> Self:
@@ -305,9 +301,9 @@ class RacpResponse:
     operator: RacpOperator | int = RacpOperator.NULL
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "request_op_code", _known(RacpOpCode, self.request_op_code))
-        object.__setattr__(self, "response_code", _known(RacpResponseCode, self.response_code))
-        object.__setattr__(self, "operator", _known(RacpOperator, self.operator))
+        object.__setattr__(self, "request_op_code", known(RacpOpCode, self.request_op_code))
+        object.__setattr__(self, "response_code", known(RacpResponseCode, self.response_code))
+        object.__setattr__(self, "operator", known(RacpOperator, self.operator))
 
     @classmethod
     def for_request(cls, request: bytes | RacpRequest,

@@ -8,7 +8,8 @@ Vol 3 Part G); IEEE 11073-20601 MDER is big-endian, so the byte order is a reade
 
 from __future__ import annotations
 
-from typing import Literal
+import struct
+from typing import Any, Literal
 
 from bridge.errors import TrailingBytes, TruncatedFrame, ValueOutOfRange
 
@@ -43,11 +44,25 @@ class Reader:
     def uint(self, n: int, what: str = "field") -> int:
         return int.from_bytes(self.take(n, what), self.byteorder)
 
+    def unpack(self, layout: struct.Struct, what: str = "fields") -> tuple[Any, ...]:
+        """Several fixed-size fields at once (``layout`` carries its own byte order)."""
+        if self.offset + layout.size > self.end:
+            raise TruncatedFrame(
+                f"{what} need {layout.size} byte(s) but only {max(self.remaining, 0)} remain",
+                self.data, self.offset)
+        values = layout.unpack_from(self.data, self.offset)
+        self.offset += layout.size
+        return values
+
     def sint(self, n: int, what: str = "field") -> int:
         return int.from_bytes(self.take(n, what), self.byteorder, signed=True)
 
     def u8(self, what: str = "uint8") -> int:
-        return self.uint(1, what)
+        if self.offset >= self.end:
+            raise TruncatedFrame(f"{what} needs 1 byte but none remain", self.data, self.offset)
+        value = self.data[self.offset]
+        self.offset += 1
+        return value
 
     def u16(self, what: str = "uint16") -> int:
         return self.uint(2, what)

@@ -39,9 +39,9 @@ from bridge.protocols.cgms import (
     SocpResponseCode,
     append_e2e_crc,
     check_e2e_crc,
-    enum_or_int,
     socp_write_is_read_only,
 )
+from bridge.protocols.codec import known
 from bridge.protocols.date_time import DateTime
 from bridge.protocols.mder_float import SFloat, Special
 
@@ -297,8 +297,8 @@ def test_socp_unknown_op_code_and_e2e() -> None:
 
 
 def test_enum_or_int() -> None:
-    assert enum_or_int(DstOffset, 4) is DstOffset.DAYLIGHT_TIME
-    assert type(enum_or_int(DstOffset, 3)) is int
+    assert known(DstOffset, 4) is DstOffset.DAYLIGHT_TIME
+    assert type(known(DstOffset, 3)) is int
 
 
 # --- round trips ---------------------------------------------------------------------------
