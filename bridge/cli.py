@@ -82,6 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fixture", metavar="FILE", help="decode every case of a fixture JSON file")
     p.add_argument("--list", action="store_true", help="list the message types and exit")
     p.set_defaults(handler=_cmd_decode)
+
+    from simulators.cli import register as register_simulate
+
+    register_simulate(sub)
     return parser
 
 

@@ -1,0 +1,1 @@
+"""Parameter tables of the in-silico population (package data, loaded by ``params``)."""
