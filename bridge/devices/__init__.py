@@ -1,0 +1,1 @@
+"""Device drivers: GATT profile clients and serial meter drivers, behind one interface."""
