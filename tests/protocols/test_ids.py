@@ -500,7 +500,9 @@ def racp_requests(draw: st.DrawFn) -> ids.IddRacpRequest:
                        else draw(u32))
             flt = ids.IddRacpFilter(filter_type, minimum, maximum)
         else:
-            flt = ids.IddRacpFilter(filter_type, raw=draw(small_bytes))
+            # An unknown filter type keeps its operand raw; an empty one would be ambiguous
+            # with a known type's missing minimum/maximum, which the request refuses.
+            flt = ids.IddRacpFilter(filter_type, raw=draw(st.binary(min_size=1, max_size=8)))
     elif operator not in IddRacpOperator._value2member_map_:
         operand = draw(small_bytes)
     return ids.IddRacpRequest(IddRacpOpCode(op), operator, flt, operand, draw(counters))
