@@ -83,9 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list", action="store_true", help="list the message types and exit")
     p.set_defaults(handler=_cmd_decode)
 
+    from bridge.edge.cli import register as register_edge
     from simulators.cli import register as register_simulate
+    from simulators.devices_cli import register as register_sim_devices
 
     register_simulate(sub)
+    register_sim_devices(sub)
+    register_edge(sub)
     return parser
 
 

@@ -316,11 +316,16 @@ class Record:
     def idempotency_key(self) -> str:
         """Stable across re-reads of the same record from the same device.
 
-        Device sequence numbers identify a record where the device has them; otherwise the
-        device's own timestamp does (never the corrected instant, which may be refined later).
+        Device sequence numbers identify a record where the device has them, together with the
+        device's own timestamp: a meter or pump whose memory was cleared numbers from the start
+        again, and its new records must not collide with the old ones. Without a sequence
+        number the device timestamp alone identifies the record (never the corrected instant,
+        which may be refined later).
         """
         if self.sequence is not None:
             ident = f"seq:{self.sequence}"
+            if self.device_time is not None:
+                ident += f"@{self.device_time.isoformat()}"
         elif self.device_time is not None:
             ident = f"dt:{self.device_time.isoformat()}"
         else:
@@ -634,9 +639,19 @@ def _from_plain(tp: Any, value: Any, name: str) -> Any:
     raise RecordError(f"field {name!r} has an unsupported type {tp!r}")  # pragma: no cover
 
 
+_FIELDS: dict[type[Any], tuple[dict[str, Any], dict[str, dataclasses.Field[Any]]]] = {}
+
+
+def _fields_of(cls: type[Any]) -> tuple[dict[str, Any], dict[str, dataclasses.Field[Any]]]:
+    """Resolved type hints and fields of a record class (resolving hints is slow: cached)."""
+    if cls not in _FIELDS:
+        _FIELDS[cls] = (typing.get_type_hints(cls),
+                        {f.name: f for f in dataclasses.fields(cls)})
+    return _FIELDS[cls]
+
+
 def _build(cls: type[Any], payload: Mapping[str, Any], skip: frozenset[str]) -> Any:
-    hints = typing.get_type_hints(cls)
-    known = {f.name: f for f in dataclasses.fields(cls)}
+    hints, known = _fields_of(cls)
     unknown = set(payload) - set(known) - skip
     if unknown:
         raise RecordError(f"unknown field(s) {sorted(unknown)} for {cls.__name__}", payload)

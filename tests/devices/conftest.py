@@ -39,7 +39,10 @@ T0 = dt.datetime(2027, 3, 1, 8, 0, tzinfo=dt.UTC)
 def run(body: Callable[[], Awaitable[T]], timeout_s: float = 30.0) -> T:
     """Run an async test body on a fresh event loop, failing after ``timeout_s``."""
     async def guarded() -> T:
-        return await asyncio.wait_for(body(), timeout_s)
+        # asyncio.timeout raises TimeoutError even when the body swallows the cancellation
+        # (wait_for on Python 3.11 can then return normally and hide a hung test).
+        async with asyncio.timeout(timeout_s):
+            return await body()
     return asyncio.run(guarded())
 
 
