@@ -1,0 +1,1 @@
+"""Alembic revisions of the backend store, oldest first (see ``down_revision``)."""
