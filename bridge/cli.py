@@ -65,6 +65,30 @@ def _cmd_decode(args: argparse.Namespace) -> int:
     return status
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from bridge.demo import DemoOptions, run_demo
+
+    if not 1 <= args.patients <= 3:
+        print("error: --patients must be 1, 2 or 3", file=sys.stderr)
+        return 2
+    if args.history_days < 0 or args.speed <= 0 or (args.duration is not None
+                                                     and args.duration <= 0):
+        print("error: --history-days must be >= 0, --speed and --duration > 0",
+              file=sys.stderr)
+        return 2
+    options = DemoOptions(state_dir=Path(args.state_dir), patients=args.patients,
+                          history_days=args.history_days, speed=args.speed,
+                          duration_s=args.duration, port=args.port)
+    summary = asyncio.run(run_demo(options))
+    if summary.stored < summary.read:
+        print(f"error: the backend stored {summary.stored} of the {summary.read} records the "
+              "agent read", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hddt-bridge",
@@ -84,12 +108,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_cmd_decode)
 
     from bridge.edge.cli import register as register_edge
+    p = sub.add_parser(
+        "demo", help="run the whole path on embedded defaults (no external services)",
+        description="Simulated patients, their virtual BLE and serial devices, the edge agent "
+                    "reading them through the real drivers, an in-process MQTT broker and the "
+                    "backend ingest into SQLite. Runs until Ctrl-C (or --duration), then "
+                    "compares what the devices held with what the backend stored.")
+    p.add_argument("--state-dir", default="demo-state",
+                   help="folder for the databases, credentials and connection.json "
+                        "(default: ./demo-state)")
+    p.add_argument("--patients", type=int, default=3, help="1 to 3 demo patients (default 3)")
+    p.add_argument("--history-days", type=int, default=2,
+                   help="days of device history before now (default 2)")
+    p.add_argument("--speed", type=float, default=60.0,
+                   help="simulated time per real time for live records (default 60)")
+    p.add_argument("--duration", type=float, help="stop after this many seconds")
+    p.add_argument("--port", type=int, default=18830,
+                   help="port of the embedded MQTT broker (default 18830; a free one if taken)")
+    p.set_defaults(handler=_cmd_demo)
+
+    from bridge.backend.broker_cli import register as register_broker
+    from bridge.backend.cli import register as register_backend
     from simulators.cli import register as register_simulate
     from simulators.devices_cli import register as register_sim_devices
 
     register_simulate(sub)
     register_sim_devices(sub)
     register_edge(sub)
+    register_backend(sub)
+    register_broker(sub)  # joins the "backend" command registered just above
     return parser
 
 

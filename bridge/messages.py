@@ -133,7 +133,7 @@ def _instant(doc: Mapping[str, Any], key: str) -> dt.datetime:
         raise PayloadError("invalid", f"{key} must be an ISO 8601 string")
     try:
         return utc(dt.datetime.fromisoformat(value))
-    except (ValueError, RecordError):
+    except (ValueError, OverflowError, RecordError):
         raise PayloadError("invalid", f"{key} {value!r} is not an ISO 8601 instant with "
                                       "a zone") from None
 

@@ -255,6 +255,7 @@ class RunningDevice:
     serial: RunningEmulator | None = None
     pending: list[Record] = field(default_factory=list)
     stored: int = 0
+    fed: int = 0
 
     @property
     def where(self) -> str:
@@ -264,6 +265,7 @@ class RunningDevice:
 
     def add(self, record: Record) -> None:
         target = self.peripheral
+        self.fed += 1
         if isinstance(record, BloodGlucoseReading):
             if self.serial is not None:
                 self.serial.add_record(record)
@@ -296,6 +298,11 @@ class Fleet:
         if self._link_port is not None:
             await self._link_port.close()
             self._link_port = None
+
+    def stop_feeding(self) -> None:
+        """Stop handing live records to the devices (what they hold stays)."""
+        if self._feeder is not None:
+            self._feeder.cancel()
 
     async def _feed(self) -> None:
         queue = sorted(((r.time, i, r) for i, d in enumerate(self.devices) for r in d.pending),

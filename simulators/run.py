@@ -206,10 +206,13 @@ def _device(kind: DeviceKind, *, seed: int, index: int, patient: str, clock: Dev
     model = {DeviceKind.INSULIN_PUMP: "Virtual Pump IDS",
              DeviceKind.CGM: "Virtual CGM CGMS",
              DeviceKind.BLOOD_GLUCOSE_METER: "Virtual Meter GLS"}[kind]
-    device_id = f"sim-{short}-{seed}-{index:05d}"
-    digest = hashlib.sha256(f"{device_id}|{patient}".encode()).hexdigest().upper()
+    # The patient is part of the identity, so the same cohort index simulated for two patients
+    # (e.g. one cohort per patient in a fleet) never gives two devices the same id.
+    digest = hashlib.sha256(f"sim-{short}-{seed}-{index:05d}|{patient}".encode()).hexdigest()
+    digest = digest.upper()
+    device_id = f"sim-{short}-{seed}-{index:05d}-{digest[:6].lower()}"
     info = DeviceInfo(device_id=device_id, kind=kind, manufacturer=MANUFACTURER, model=model,
-                      serial_number=f"{short[0].upper()}{seed % 10000:04d}{index:05d}",
+                      serial_number=f"{short[0].upper()}{digest[6:15]}",
                       firmware_revision=FIRMWARE, hardware_revision="1",
                       software_revision=FIRMWARE, system_id=digest[:16], transport="ble")
     return DeviceLog(info=info, clock=clock, sequence_bits=bits)

@@ -110,3 +110,10 @@ def test_batches() -> None:
     assert [len(b) for b in batches(rs, 3)] == [3, 3, 1]
     with pytest.raises(ValueError):
         batches(rs, 0)
+
+
+def test_instant_out_of_range_is_a_payload_error() -> None:
+    doc = json.loads(GatewayStatus("gw-1", GatewayState.ONLINE, T0).to_bytes())
+    doc["at"] = "0001-01-01T00:00:00+05:00"  # before datetime.min once moved to UTC
+    with pytest.raises(PayloadError, match="invalid"):
+        GatewayStatus.from_bytes(json.dumps(doc).encode())

@@ -42,6 +42,11 @@ def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+#: ``bumble_transport`` value for virtual devices on the agent process's own in-memory link
+#: (``hddt-bridge demo`` runs devices and agent in one process).
+IN_PROCESS_TRANSPORT = "in-process"
+
+
 async def open_driver(device: DeviceConfig, *, link: object | None = None) -> DeviceDriver:
     """The driver for ``device`` through the project's BLE or serial driver factory.
 
@@ -54,8 +59,15 @@ async def open_driver(device: DeviceConfig, *, link: object | None = None) -> De
         from bridge.devices.ble import open_ble_driver
 
         assert device.profile is not None and device.address is not None
+        transport = device.bumble_transport
+        if transport == IN_PROCESS_TRANSPORT:
+            if link is None:
+                raise DeviceError("bumble_transport 'in-process' needs the virtual link of the "
+                                  "process that runs the agent (the demo, a bench)",
+                                  device.name)
+            transport = None
         return await open_ble_driver(device.profile, device.address, backend=device.backend,
-                                     transport=device.bumble_transport, link=link,
+                                     transport=transport, link=link,
                                      options=device.driver_options())
     from bridge.devices.serial import open_serial_driver
 

@@ -6,7 +6,10 @@
   record may arrive twice (at-least-once), never not at all; the backend ignores the second
   copy by its idempotency key.
 * On MQTT 5 a PUBACK with a failure reason code (e.g. 0x87 "not authorized" from an ACL)
-  is NOT an acknowledgement: the records stay queued and the connection is restarted. MQTT
+  is NOT an acknowledgement: the records stay queued and the connection is restarted. Nor is
+  0x10 "no matching subscribers" for a records message: a broker that lost its shared
+  subscriptions in a restart (Mosquitto 2.0 does not persist them) acknowledges a message that
+  no ingest worker will ever see, so the records are sent again later. MQTT
   3.1.1 has no such code (a broker that refuses a publish just drops it), so give the gateway
   the right ACL before relying on 3.1.1.
 * The gateway's retained status says ``online`` after each connect; the will (retained too)
@@ -167,6 +170,10 @@ def plan_batches(items: Sequence[OutboxItem], batch_size: int,
     return out
 
 
+#: MQTT 5 PUBACK reason code "No matching subscribers" (MQTT 5.0 §3.4.2.1).
+_NO_MATCHING_SUBSCRIBERS = 0x10
+
+
 class _GatewayClient(aiomqtt.Client):
     """aiomqtt's client plus two things the uplink's delivery contract needs: a publish that
     fails as soon as the connection drops, and MQTT 5 PUBACK reason codes."""
@@ -174,11 +181,14 @@ class _GatewayClient(aiomqtt.Client):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.refused: list[ReasonCode] = []
+        self.unheard: list[ReasonCode] = []
 
     def _on_publish(self, client: Any, userdata: Any, mid: int, reason_code: ReasonCode,
                     properties: Properties) -> None:
         if reason_code.is_failure:
             self.refused.append(reason_code)
+        elif reason_code.value == _NO_MATCHING_SUBSCRIBERS:
+            self.unheard.append(reason_code)
         super()._on_publish(client, userdata, mid, reason_code, properties)
 
     @property
@@ -189,7 +199,7 @@ class _GatewayClient(aiomqtt.Client):
     async def publish_acked(self, topic: str, payload: bytes, *, retain: bool,
                             timeout: float) -> None:
         """Publish at QoS 1 and return only after a successful PUBACK."""
-        refused_before = len(self.refused)
+        refused_before, unheard_before = len(self.refused), len(self.unheard)
         task = asyncio.ensure_future(self.publish(topic, payload, qos=_QOS, retain=retain,
                                                   timeout=timeout))
         # The pending publish would otherwise wait out its timeout after a lost connection.
@@ -209,6 +219,11 @@ class _GatewayClient(aiomqtt.Client):
         if len(self.refused) > refused_before:
             raise UplinkError(f"broker refused publish on {topic}: "
                               f"{self.refused[refused_before]}")
+        # A retained status is kept by the broker for later subscribers; a records message
+        # that nobody heard is lost.
+        if len(self.unheard) > unheard_before and not retain:
+            raise UplinkError(f"no subscriber for {topic} (MQTT 5 reason 0x10); "
+                              "the records stay queued")
 
 
 @dataclass(slots=True)
