@@ -63,9 +63,12 @@ the insulin-dependent part ``Vmx`` by ``(1 + EXERCISE_VMX_GAIN·e)``, in the spi
 activity terms of Breton 2008 (Diabetes Technol Ther 10(5):382-391) without its heart-rate
 dynamics: the effect starts and stops with the input.
 
-Integration: classical fixed-step Runge-Kutta (RK4) with ``dt_substeps`` steps per minute; the
-inputs and the meal size only change on minute boundaries, so every step sees smooth dynamics
-apart from the guards above. Everything is deterministic.
+Integration: Ralston's third-order fixed-step Runge-Kutta method (the three-stage method with
+the smallest truncation-error bound) with ``dt_substeps`` steps per minute. The inputs and the
+meal size only change on minute boundaries, so every step sees smooth dynamics apart from the
+guards above. Three right-hand-side evaluations per step instead of RK4's four cost 25 % less
+and keep the same agreement with the reference solver (``tests/simulators/test_fidelity.py``
+measures it). Everything is deterministic.
 """
 
 from __future__ import annotations
@@ -89,8 +92,8 @@ __all__ = [
 
 N_STATES = len(STATE_NAMES)
 
-#: RK4 steps per simulated minute (measured: one step per minute keeps the plasma glucose of all
-#: 30 standard patients within a small fraction of 1 mg/dL of the reference solver).
+#: Integration steps per simulated minute (measured: one step per minute keeps the plasma
+#: glucose of all 30 standard patients within a small fraction of 1 mg/dL of the reference).
 DEFAULT_DT_SUBSTEPS = 1
 
 #: How fast the reference population eats a meal; intake above this rate per minute is accepted
@@ -318,7 +321,7 @@ class Cohort:
             elif self._last_carbs.any():
                 self._last_carbs.fill(0.0)
             for _ in range(self.dt_substeps):
-                self._rk4(h)
+                self._rk3(h)
             self.t_min += 1.0
 
     def _begin_minute_eating(self, carbs: FloatArray) -> None:
@@ -344,26 +347,26 @@ class Cohort:
         np.multiply(self._b, dose, out=self._bd_dd[0])
         np.multiply(self._d, dose, out=self._bd_dd[1])
 
-    def _rk4(self, h: float) -> None:
+    def _rk3(self, h: float) -> None:
+        """One Ralston RK3 step: k1 = f(x), k2 = f(x + h/2·k1), k3 = f(x + 3h/4·k2),
+        x += h·(2·k1 + 3·k2 + 4·k3)/9 (Ralston 1962, Math. Comp. 16(80):431-437)."""
         x = self._x
         xt = self._xt
-        k1, k2, k3, k4 = self._k
+        k1, k2, k3, _ = self._k
         self._rhs(x, k1)
         np.multiply(k1, h / 2.0, out=xt)
         xt += x
         self._rhs(xt, k2)
-        np.multiply(k2, h / 2.0, out=xt)
+        np.multiply(k2, 0.75 * h, out=xt)
         xt += x
         self._rhs(xt, k3)
-        np.multiply(k3, h, out=xt)
-        xt += x
-        self._rhs(xt, k4)
-        k2 += k3
-        k2 *= 2.0
-        k2 += k1
-        k2 += k4
-        k2 *= h / 6.0
-        x += k2
+        k1 *= 2.0 / 9.0
+        k2 *= 3.0 / 9.0
+        k3 *= 4.0 / 9.0
+        k1 += k2
+        k1 += k3
+        k1 *= h
+        x += k1
 
     def _rhs(self, y: FloatArray, dy: FloatArray) -> None:
         """Right-hand side of the model for every patient: ``dy = f(y)`` (both ``(13, n)``)."""

@@ -360,7 +360,7 @@ def test_bad_cohort_arguments() -> None:
 
 
 def test_substeps_converge() -> None:
-    """More RK4 sub-steps change the trajectory only marginally (the default is accurate)."""
+    """More sub-steps change the trajectory only marginally (the default is accurate)."""
     patients = standard_patients()
     coarse, fine = Cohort(patients), Cohort(patients, dt_substeps=4)
     for minute in range(600):
