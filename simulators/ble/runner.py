@@ -2,6 +2,7 @@
 
     python -m simulators.ble.runner meter --transport tcp-client:127.0.0.1:9101 --records 20
     python -m simulators.ble.runner cgm --transport usb:0 --e2e-crc
+    python -m simulators.ble.runner pump --transport tcp-client:127.0.0.1:9101 --days 2
 
 With ``python -m bumble.apps.controllers tcp-server:_:9101 tcp-server:_:9102`` running, a
 collector in another process (or language) connects through ``tcp-client:127.0.0.1:9102``.
@@ -21,6 +22,7 @@ import datetime as dt
 import random
 import signal
 import sys
+import typing
 from collections.abc import Callable, Sequence
 
 from bridge.records import BloodGlucoseReading, CgmReading, DeviceInfo, DeviceKind, MealContext
@@ -33,10 +35,17 @@ from simulators.ble.common import (
     VirtualPeripheral,
 )
 from simulators.ble.glucose_meter import GlucoseMeterPeripheral
+from simulators.ble.insulin_pump import InsulinPumpPeripheral, PumpConfig, PumpRecord
 from simulators.faults import FaultConfig
+from simulators.physiology import standard_patient
+from simulators.run import simulate_cohort
+from simulators.scenario import load_scenario
+
+PUMP_RECORD_TYPES = typing.get_args(PumpRecord)
 
 DEFAULT_METER_ADDRESS = "F0:00:00:00:00:01"
 DEFAULT_CGM_ADDRESS = "F0:00:00:00:00:02"
+DEFAULT_PUMP_ADDRESS = "F0:00:00:00:00:03"
 #: Start of the demo histories (true time).
 DEMO_START = dt.datetime(2027, 1, 4, 7, 0, tzinfo=dt.UTC)
 
@@ -105,6 +114,26 @@ def build_cgm(transport: HciTransport, readings: Sequence[CgmReading], *,
     return CgmSensorPeripheral(config, transport, records=readings, e2e_crc=e2e_crc)
 
 
+def demo_pump_records(days: int = 1, seed: int = 0,
+                      patient: str = "adult#001") -> list[PumpRecord]:
+    """A simulated patient's pump history (``days`` local days ending before today)."""
+    start = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=days + 1)
+    scenario = dataclasses.replace(load_scenario("three-meals"), start_date=start)
+    result = simulate_cohort([standard_patient(patient)], scenario, days, seed=seed,
+                             records=True)
+    assert result.devices is not None and result.devices[0].pump is not None
+    return [r for r in result.devices[0].pump.records if isinstance(r, PUMP_RECORD_TYPES)]
+
+
+def build_pump(transport: HciTransport, records: Sequence[PumpRecord], *,
+               name: str = "Virtual Pump", address: str = DEFAULT_PUMP_ADDRESS,
+               security: SecurityConfig | None = None, faults: FaultConfig | None = None,
+               e2e: bool = False) -> InsulinPumpPeripheral:
+    config = peripheral_config(DeviceKind.INSULIN_PUMP, name=name, address=address,
+                               security=security, faults=faults)
+    return InsulinPumpPeripheral(config, transport, records=records, pump=PumpConfig(e2e=e2e))
+
+
 async def serve(peripheral: VirtualPeripheral, stop: asyncio.Event | None = None,
                 on_ready: Callable[[VirtualPeripheral], None] | None = None) -> None:
     """Start ``peripheral``, call ``on_ready`` once it advertises, run until ``stop`` is set
@@ -130,15 +159,17 @@ async def serve(peripheral: VirtualPeripheral, stop: asyncio.Event | None = None
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m simulators.ble.runner",
-                                description="Run a virtual BLE glucose meter or CGM sensor.")
-    p.add_argument("device", choices=("meter", "cgm"))
+                                description="Run a virtual BLE glucose meter, CGM sensor or "
+                                            "insulin pump.")
+    p.add_argument("device", choices=("meter", "cgm", "pump"))
     p.add_argument("--transport", required=True,
                    help="bumble HCI transport, e.g. tcp-client:127.0.0.1:9101 or usb:0")
     p.add_argument("--address", help="LE random static address (default per device)")
     p.add_argument("--name", help="advertised name")
     p.add_argument("--records", type=int, default=20, help="records in the demo history")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--e2e-crc", action="store_true", help="CGM: enable E2E-CRC")
+    p.add_argument("--e2e-crc", action="store_true", help="CGM, pump: enable E2E protection")
+    p.add_argument("--days", type=int, default=1, help="pump: days of simulated history")
     p.add_argument("--passkey", type=int, help="pair with this fixed passkey (else Just Works)")
     p.add_argument("--no-bonding", action="store_true",
                    help="allow reading without pairing (bonding required by default)")
@@ -156,6 +187,11 @@ async def _main(args: argparse.Namespace) -> None:
                                  name=args.name or "Virtual Meter",
                                  address=args.address or DEFAULT_METER_ADDRESS,
                                  security=security)
+    elif args.device == "pump":
+        peripheral = build_pump(args.transport, demo_pump_records(args.days, args.seed),
+                                name=args.name or "Virtual Pump",
+                                address=args.address or DEFAULT_PUMP_ADDRESS,
+                                security=security, e2e=args.e2e_crc)
     else:
         peripheral = build_cgm(args.transport, demo_cgm_readings(args.records, args.seed),
                                name=args.name or "Virtual CGM",

@@ -263,3 +263,78 @@ def test_meter_in_another_process_over_tcp_virtual_controllers() -> None:
             assert [m.time() for m in got] == [
                 r.time.astimezone(dt.UTC).replace(tzinfo=None, second=0, microsecond=0)
                 for r in expected]
+
+
+def test_cgm_in_another_process_over_tcp_virtual_controllers() -> None:
+    from bridge.protocols.cgms import CgmMeasurement
+
+    peripheral_port, central_port = _free_port(), _free_port()
+    expected = demo_cgm_readings(30, seed=5)
+    with _process("-m", "bumble.apps.controllers", f"tcp-server:127.0.0.1:{peripheral_port}",
+                  f"tcp-server:127.0.0.1:{central_port}"):
+        _wait_for_port(peripheral_port)
+        _wait_for_port(central_port)
+        with _process("-m", "simulators.ble.runner", "cgm", "--transport",
+                      f"tcp-client:127.0.0.1:{peripheral_port}", "--records", "30",
+                      "--seed", "5", "--e2e-crc", "--address", "F0:00:00:00:00:32") as cgm:
+            assert _read_line(cgm, 30).strip() == "READY F0:00:00:00:00:32"
+
+            async def body() -> list[bytes]:
+                central = await Central.open(f"tcp-client:127.0.0.1:{central_port}")
+                try:
+                    await central.connect("F0:00:00:00:00:32")
+                    await central.pair()
+                    await central.discover()
+                    meas = await central.subscribe(0x2AA7)
+                    responses = await central.subscribe(0x2A52, indicate=True,
+                                                        service=0x181F)
+                    await central.write(0x2A52, bytes(racp.report_all()), service=0x181F)
+                    assert await next_value(responses, 10) == SUCCESS
+                    return await drain(meas, 0.3)
+                finally:
+                    await central.close()
+
+            records = [r for n in run(body, timeout_s=60)
+                       for r in CgmMeasurement.from_bytes(n, True).records]
+            assert [r.time_offset_minutes for r in records] == [
+                f.time_offset_min for f in expected]
+            assert [r.glucose_mg_dl for r in records] == [
+                round(f.glucose_mg_dl or 0) for f in expected]
+
+
+def test_pump_in_another_process_over_tcp_virtual_controllers() -> None:
+    from bridge.protocols.ids import IdsCharacteristic as C
+    from bridge.protocols.ids import racp_report_all
+    from bridge.protocols.ids_history import HistoryData
+    from simulators.ble.runner import demo_pump_records
+    from tests.devices.test_ble_insulin_pump import expected_view, from_history
+
+    peripheral_port, central_port = _free_port(), _free_port()
+    expected = demo_pump_records(1, seed=4)
+    with _process("-m", "bumble.apps.controllers", f"tcp-server:127.0.0.1:{peripheral_port}",
+                  f"tcp-server:127.0.0.1:{central_port}"):
+        _wait_for_port(peripheral_port)
+        _wait_for_port(central_port)
+        with _process("-m", "simulators.ble.runner", "pump", "--transport",
+                      f"tcp-client:127.0.0.1:{peripheral_port}", "--days", "1",
+                      "--seed", "4", "--address", "F0:00:00:00:00:33") as pump:
+            assert _read_line(pump, 60).strip() == "READY F0:00:00:00:00:33"
+
+            async def body() -> list[bytes]:
+                central = await Central.open(f"tcp-client:127.0.0.1:{central_port}")
+                try:
+                    await central.connect("F0:00:00:00:00:33")
+                    await central.pair()
+                    await central.discover()
+                    history = await central.subscribe(C.IDD_HISTORY_DATA)
+                    responses = await central.subscribe(C.IDD_RECORD_ACCESS_CONTROL_POINT,
+                                                        indicate=True)
+                    await central.write(C.IDD_RECORD_ACCESS_CONTROL_POINT,
+                                        bytes(racp_report_all()))
+                    await next_value(responses, 15)
+                    return await drain(history, 0.3)
+                finally:
+                    await central.close()
+
+            events = [HistoryData.from_bytes(f, False) for f in run(body, timeout_s=90)]
+            assert events and from_history(events) == expected_view(expected)
