@@ -7,10 +7,11 @@ import asyncio
 import contextlib
 import datetime as dt
 import os
-import select
+import queue
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from decimal import Decimal
@@ -198,16 +199,29 @@ def _wait_for_port(port: int, timeout_s: float = 10.0) -> None:
     raise AssertionError(f"nothing listens on port {port}")
 
 
+_LINES: dict[int, queue.Queue[str]] = {}
+
+
 def _read_line(proc: subprocess.Popen[str], timeout_s: float) -> str:
+    """The child's next line of output. A reader thread per child feeds a queue: select() on
+    the pipe would miss lines already read ahead into the text buffer."""
     assert proc.stdout is not None
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stdout], [], [], 0.1)
-        if ready:
-            return proc.stdout.readline()
-        if proc.poll() is not None:
-            break
-    raise AssertionError(f"no output from {proc.args!r} (exit code {proc.poll()})")
+    lines = _LINES.get(proc.pid)
+    if lines is None:
+        lines = _LINES[proc.pid] = queue.Queue()
+        stdout = proc.stdout
+
+        def pump() -> None:
+            # The pipe is closed when the child is cleaned up; that simply ends the reader.
+            with contextlib.suppress(ValueError, OSError):
+                for line in stdout:
+                    lines.put(line)
+
+        threading.Thread(target=pump, daemon=True).start()
+    try:
+        return lines.get(timeout=timeout_s)
+    except queue.Empty:
+        raise AssertionError(f"no output from {proc.args!r} (exit code {proc.poll()})") from None
 
 
 @contextlib.contextmanager
@@ -219,6 +233,7 @@ def _process(*args: str) -> Iterator[subprocess.Popen[str]]:
     try:
         yield proc
     finally:
+        _LINES.pop(proc.pid, None)
         if proc.poll() is None:
             proc.terminate()
             try:

@@ -96,17 +96,17 @@ def test_sim_devices_command_serves_a_serial_meter(tmp_path: Path) -> None:
         '[simulation]\nhistory_days = 1\nlive_days = 1\nspeed = 1.0\n'
         '[[patient]]\nname = "type2#002"\n'
         '[[patient.device]]\nkind = "meter"\ntransport = "serial"\n'
-        'protocol = "onetouch-ultra2"\nname = "Ultra 2"\n')
+        'protocol = "onetouch-ultra2"\nname = "Ultra 2"\nport = "tcp"\n')
     with _process("-m", "bridge", "sim-devices", "--config", str(fleet_file),
                   "--duration", "60") as proc:
         lines = []
         while not (line := _read_line(proc, 60)).startswith("READY"):
             lines.append(line)
         described = next(x for x in lines if "onetouch-ultra2" in x)
-        path = described.split("(")[0].split()[-1]
+        url = described.split("(")[0].split()[-1]
         stored = int(described.split("(")[1].split()[0])
-        assert path.startswith("/dev/") and stored > 0
-        assert _serial_dump(path) == stored
+        assert url.startswith("socket://127.0.0.1:") and stored > 0
+        assert _serial_dump(url) == stored
 
 
 def test_sim_devices_command_needs_a_radio_for_ble_devices(tmp_path: Path) -> None:
