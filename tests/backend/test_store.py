@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
+import bridge.auth.tables  # noqa: F401  (its tables join the store's metadata)
 from bridge.backend import registry
 from bridge.backend.migrations import (
     alembic_config,
@@ -103,13 +104,13 @@ def insert(store: Store, *records: CgmReading | BloodGlucoseReading | TempBasalS
 
 def test_migrations_create_exactly_the_declared_schema(url: str) -> None:
     with Store.open(url) as store:
-        assert current_revision(store.engine) == head_revision() == "0001"
+        assert current_revision(store.engine) == head_revision() == "0002"
         with store.engine.connect() as conn:
             diff = compare_metadata(MigrationContext.configure(
                 conn, opts={"compare_type": True}), metadata)
         assert diff == []
         # Running them again changes nothing.
-        assert upgrade_to_head(store.engine) == "0001"
+        assert upgrade_to_head(store.engine) == "0002"
 
 
 def test_migrations_go_down_and_up_again(tmp_path: Path) -> None:
@@ -124,7 +125,7 @@ def test_migrations_go_down_and_up_again(tmp_path: Path) -> None:
         with engine.connect() as conn:
             assert sa.inspect(conn).get_table_names() == ["alembic_version"]
         upgrade_to_head(engine)
-        assert current_revision(engine) == "0001"
+        assert current_revision(engine) == "0002"
     finally:
         engine.dispose()
 
