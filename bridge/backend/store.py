@@ -343,7 +343,9 @@ def create_engine(url: str, *, echo: bool = False) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _on_begin(connection: Connection) -> None:
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
+            # Store.read() asks for a deferred transaction: a snapshot, no write lock.
+            deferred = connection.get_execution_options().get("deferred_begin", False)
+            connection.exec_driver_sql("BEGIN" if deferred else "BEGIN IMMEDIATE")
 
         return engine
     if backend == "postgresql":
@@ -763,6 +765,15 @@ class Store:
     def begin(self) -> Iterator[Connection]:
         with self.engine.begin() as conn:
             yield conn
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A transaction for read-only work. On SQLite it begins DEFERRED (a snapshot, no
+        write lock), so readers never queue behind ingest; on PostgreSQL it is ``begin()``."""
+        with self.engine.connect() as conn:
+            conn.execution_options(deferred_begin=True)
+            with conn.begin():
+                yield conn
 
     def close(self) -> None:
         self.engine.dispose()
