@@ -69,20 +69,29 @@ def _cmd_decode(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     import asyncio
 
-    from bridge.demo import DemoOptions, run_demo
+    from bridge.demo import DemoError, DemoOptions, run_demo
 
     if not 1 <= args.patients <= 3:
         print("error: --patients must be 1, 2 or 3", file=sys.stderr)
         return 2
-    if args.history_days < 0 or args.speed <= 0 or (args.duration is not None
-                                                     and args.duration <= 0):
-        print("error: --history-days must be >= 0, --speed and --duration > 0",
+    if not 0 <= args.history_days <= 90 or not 1 <= args.live_days <= 366:
+        print("error: --history-days must be 0 to 90 and --live-days 1 to 366",
               file=sys.stderr)
         return 2
+    if not 0 < args.speed <= 100_000 or (args.duration is not None and args.duration <= 0):
+        print("error: --speed must be in (0, 100000] and --duration > 0", file=sys.stderr)
+        return 2
     options = DemoOptions(state_dir=Path(args.state_dir), patients=args.patients,
-                          history_days=args.history_days, speed=args.speed,
-                          duration_s=args.duration, port=args.port)
-    summary = asyncio.run(run_demo(options))
+                          history_days=args.history_days, live_days=args.live_days,
+                          speed=args.speed, duration_s=args.duration,
+                          exit_when_ready=args.exit_when_ready, port=args.port,
+                          http_port=args.http_port, broker_url=args.broker_url,
+                          database_url=args.database_url, seed=args.seed)
+    try:
+        summary = asyncio.run(run_demo(options))
+    except DemoError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if summary.stored < summary.read:
         print(f"error: the backend stored {summary.stored} of the {summary.read} records the "
               "agent read", file=sys.stderr)
@@ -112,20 +121,36 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "demo", help="run the whole path on embedded defaults (no external services)",
         description="Simulated patients, their virtual BLE and serial devices, the edge agent "
-                    "reading them through the real drivers, an in-process MQTT broker and the "
-                    "backend ingest into SQLite. Runs until Ctrl-C (or --duration), then "
+                    "reading them through the real drivers, an in-process MQTT broker, the "
+                    "backend ingest into SQLite and the HDDT interface over TLS. Backfills "
+                    "the history, then streams live until Ctrl-C (or --duration), then "
                     "compares what the devices held with what the backend stored.")
     p.add_argument("--state-dir", default="demo-state",
-                   help="folder for the databases, credentials and connection.json "
-                        "(default: ./demo-state)")
+                   help="folder for the databases, certificates, credentials and "
+                        "connection.json (default: ./demo-state); running again on the same "
+                        "folder resumes where it stopped")
     p.add_argument("--patients", type=int, default=3, help="1 to 3 demo patients (default 3)")
-    p.add_argument("--history-days", type=int, default=2,
-                   help="days of device history before now (default 2)")
-    p.add_argument("--speed", type=float, default=60.0,
-                   help="simulated time per real time for live records (default 60)")
-    p.add_argument("--duration", type=float, help="stop after this many seconds")
+    p.add_argument("--history-days", type=int, default=30,
+                   help="days of device history backfilled at start (default 30)")
+    p.add_argument("--live-days", type=int, default=14,
+                   help="days simulated ahead for live streaming (default 14)")
+    p.add_argument("--speed", type=float, default=1.0,
+                   help="simulated time per real time once live (default 1: real time)")
+    p.add_argument("--duration", type=float, help="stop after this many seconds of live run")
+    p.add_argument("--exit-when-ready", action="store_true",
+                   help="stop as soon as the backfill is stored (scripts, CI)")
     p.add_argument("--port", type=int, default=18830,
                    help="port of the embedded MQTT broker (default 18830; a free one if taken)")
+    p.add_argument("--http-port", type=int, default=8443,
+                   help="HTTPS port of the HDDT API, portal and dashboard (default 8443; a "
+                        "free one if taken)")
+    p.add_argument("--broker-url", metavar="mqtt://HOST:PORT",
+                   help="an external MQTT 5 broker (e.g. Mosquitto taking the demo's clients "
+                        "anonymously) instead of the embedded one")
+    p.add_argument("--database-url", metavar="URL",
+                   help="an external database (postgresql+psycopg://USER@HOST/DB) instead "
+                        "of SQLite in the state folder")
+    p.add_argument("--seed", type=int, default=0, help="simulation seed (default 0)")
     p.set_defaults(handler=_cmd_demo)
 
     from bridge.backend.broker_cli import register as register_broker
@@ -138,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_edge(sub)
     register_backend(sub)
     register_broker(sub)  # joins the "backend" command registered just above
+    __import__("bridge.diga.cli", fromlist=["register"]).register(sub)  # hddt-bridge diga
     return parser
 
 

@@ -15,11 +15,12 @@ import contextlib
 import dataclasses
 import datetime as dt
 import json
+import secrets
 import signal
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -30,9 +31,12 @@ from bumble.link import LocalLink
 from bridge.backend.config import parse_config as parse_backend_config
 from bridge.backend.embedded_broker import EmbeddedBroker
 from bridge.backend.ingest import IngestWorker
+from bridge.backend.registry import assign_device, provision_gateway, provision_patient
 from bridge.backend.store import Store
-from bridge.edge.agent import Agent
+from bridge.edge.agent import IN_PROCESS_TRANSPORT, Agent
 from bridge.edge.config import parse_config as parse_agent_config
+from bridge.errors import BridgeError
+from bridge.records import BloodGlucoseReading, CgmReading
 from simulators.fleet import (
     BleAttachment,
     DeviceSpec,
@@ -45,6 +49,7 @@ from simulators.fleet import (
 
 GATEWAY_ID = "demo-gateway"
 DEMO_PORT = 18830
+DEMO_HTTP_PORT = 8443
 
 #: The demo's patients: type 1 on a pump with CGM and meter, type 1 with a CGM, and a type 2
 #: patient with a serial meter whose clock runs four minutes fast.
@@ -66,11 +71,97 @@ _PROFILES = {"pump": "insulin-pump", "cgm": "cgm", "meter": "glucose"}
 class DemoOptions:
     state_dir: Path
     patients: int = 3
-    history_days: int = 2
-    speed: float = 60.0
+    #: Days of device history the agent backfills at start (accelerated).
+    history_days: int = 30
+    #: Days simulated ahead of the start for live streaming (fixed with the state folder).
+    live_days: int = 14
+    #: Simulated time per real time for live records (1 = real time).
+    speed: float = 1.0
     duration_s: float | None = None
+    #: Stop as soon as the backfill is stored (scripts, CI).
+    exit_when_ready: bool = False
     port: int = DEMO_PORT
+    http_port: int = DEMO_HTTP_PORT
     poll_interval_s: float = 5.0
+    #: An external broker (``mqtt://HOST:PORT``, anonymous) instead of the embedded one.
+    broker_url: str | None = None
+    #: An external database (``postgresql+psycopg://USER@HOST/DB``) instead of SQLite.
+    database_url: str | None = None
+    seed: int = 0
+
+
+class DemoError(BridgeError):
+    """The demo cannot start as asked (state folder of other settings, port, URL)."""
+
+
+#: What a state folder fixes at its first run: a restart must simulate the same world.
+_STATE_FILE = "demo.json"
+_STATE_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class DemoState:
+    start_date: dt.date
+    history_days: int
+    live_days: int
+    patients: int
+    seed: int
+    #: The simulated instant reached when the demo last ran (resume from here or now).
+    sim_time: dt.datetime
+
+    def to_json(self) -> dict[str, Any]:
+        return {"version": _STATE_VERSION, "start_date": self.start_date.isoformat(),
+                "history_days": self.history_days, "live_days": self.live_days,
+                "patients": self.patients, "seed": self.seed,
+                "sim_time": self.sim_time.isoformat()}
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any], where: Path) -> DemoState:
+        try:
+            if doc.get("version") != _STATE_VERSION:
+                raise ValueError(f"unknown version {doc.get('version')!r}")
+            return cls(dt.date.fromisoformat(doc["start_date"]), int(doc["history_days"]),
+                       int(doc["live_days"]), int(doc["patients"]), int(doc["seed"]),
+                       dt.datetime.fromisoformat(doc["sim_time"]).astimezone(dt.UTC))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DemoError(f"{where}: not a demo state file ({exc}); use another "
+                            "--state-dir or remove the folder") from None
+
+
+def load_or_create_state(options: DemoOptions, now: dt.datetime) -> tuple[DemoState, bool]:
+    """The state folder's fixed settings (created on first use); True when resumed.
+
+    A resumed folder must be run with the settings it was created with: the simulation is
+    re-run from the same start date, horizon and seed, so every record keeps its identity
+    and the backend's unique keys drop what it already holds.
+    """
+    path = options.state_dir / _STATE_FILE
+    if path.exists():
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise DemoError(f"{path}: cannot read ({exc})") from None
+        state = DemoState.from_json(doc, path)
+        for name, given, kept in (("--patients", options.patients, state.patients),
+                                  ("--history-days", options.history_days,
+                                   state.history_days),
+                                  ("--seed", options.seed, state.seed)):
+            if given != kept:
+                raise DemoError(f"{options.state_dir} was created with {name} {kept}, not "
+                                f"{given}: run with {name} {kept}, or use a new --state-dir")
+        return state, True
+    state = DemoState((now - dt.timedelta(days=options.history_days)).date(),
+                      options.history_days, options.live_days, options.patients,
+                      options.seed, now)
+    save_state(options.state_dir, state)
+    return state, False
+
+
+def save_state(state_dir: Path, state: DemoState) -> None:
+    path = state_dir / _STATE_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state.to_json(), indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,39 +195,46 @@ def _port_or_free(port: int) -> int:
 
 
 def _agent_doc(fleet: Fleet, broker_url: str, state: Path,
-               poll_s: float) -> dict[str, Any]:
+               options: DemoOptions) -> dict[str, Any]:
     devices: list[dict[str, Any]] = []
     for d in fleet.devices:
-        entry: dict[str, Any] = {"name": d.log.info.device_id, "poll_interval_s": poll_s,
+        entry: dict[str, Any] = {"name": d.log.info.device_id,
+                                 "poll_interval_s": options.poll_interval_s,
                                  "retry_min_s": 1.0, "retry_max_s": 10.0}
         if d.spec.transport == "ble":
             entry |= {"transport": "ble", "profile": _PROFILES[d.spec.kind],
                       "address": d.spec.address, "backend": "bumble",
-                      "bumble_transport": "in-process"}
+                      "bumble_transport": IN_PROCESS_TRANSPORT}
         else:
             assert d.serial is not None and d.spec.protocol is not None
             entry |= {"transport": "serial", "protocol": d.spec.protocol,
                       "port": d.serial.url}
         devices.append(entry)
+    broker: dict[str, Any] = {"url": broker_url, "batch_size": 100,
+                              "reconnect_min_s": 0.5, "reconnect_max_s": 5.0}
+    if options.broker_url is None:
+        broker |= {"protocol": "3.1.1", "username": GATEWAY_ID,
+                   "password_file": str(state / "gateway.password")}
     return {
         "agent": {"gateway_id": GATEWAY_ID, "timezone": "Europe/Berlin"},
-        "broker": {"url": broker_url, "protocol": "3.1.1", "username": GATEWAY_ID,
-                   "password_file": str(state / "gateway.password"), "batch_size": 100,
-                   "reconnect_min_s": 0.5, "reconnect_max_s": 5.0},
+        "broker": broker,
         "outbox": {"path": str(state / "agent-outbox.sqlite")},
         "devices": devices,
     }
 
 
-def _backend_doc(broker_url: str, state: Path) -> dict[str, Any]:
-    return {
-        "store": {"path": str(state / "backend.sqlite")},
+def _backend_doc(broker_url: str, state: Path, options: DemoOptions) -> dict[str, Any]:
+    store: dict[str, Any] = ({"path": str(state / "backend.sqlite")}
+                             if options.database_url is None else {"url": options.database_url})
+    if options.broker_url is None:
         # amqtt speaks MQTT 3.1.1 and has no shared subscriptions: one plain subscriber.
-        "broker": {"url": broker_url, "protocol": "3.1.1", "client_id": "demo-ingest",
-                   "shared_group": "", "username": "ingest",
-                   "password_file": str(state / "ingest.password")},
-        "ingest": {"auto_provision": True, "batch_ms": 100},
-    }
+        broker: dict[str, Any] = {"url": broker_url, "protocol": "3.1.1",
+                                  "client_id": "demo-ingest", "shared_group": "",
+                                  "username": "ingest",
+                                  "password_file": str(state / "ingest.password")}
+    else:
+        broker = {"url": broker_url, "client_id": "demo-ingest"}
+    return {"store": store, "broker": broker, "ingest": {"batch_ms": 100}}
 
 
 _DATA_TABLES = ("glucose_readings", "cgm_readings", "insulin_events", "annunciations")
@@ -153,84 +251,157 @@ def _stored_by_device(store: Store) -> dict[str, int]:
     return counts
 
 
+#: Backend patient ids and descriptions of the demo patients, in DEMO_PATIENTS order.
+DEMO_PATIENT_IDS = ("demo-patient-1", "demo-patient-2", "demo-patient-3")
+DEMO_PATIENT_NAMES = ("Type 1 adult: insulin pump, CGM and meter",
+                      "Type 1 adolescent: CGM",
+                      "Type 2 adult: serial blood glucose meter")
+
+
+def _provision(store: Store, fleet: Fleet) -> None:
+    """Register the demo patients, the gateway and which patient each device belongs to.
+
+    One agent reads every demo device (like a clinic gateway), so devices are assigned to
+    their patients ahead of their first record instead of following the gateway."""
+    specs = [p.patient for p in DEMO_PATIENTS]
+    with store.begin() as conn:
+        for i, spec in enumerate(fleet.config.patients):
+            provision_patient(conn, DEMO_PATIENT_IDS[specs.index(spec.patient)],
+                              actor="demo", display_name=DEMO_PATIENT_NAMES[i])
+        provision_gateway(conn, GATEWAY_ID, patient_id=DEMO_PATIENT_IDS[0], actor="demo")
+        for d in fleet.devices:
+            assign_device(conn, d.log.info.device_id, actor="demo",
+                          patient_id=DEMO_PATIENT_IDS[specs.index(d.patient)])
+
+
+def _device_history_count(d: RunningDevice, until: dt.datetime) -> int:
+    """Records the virtual device holds at ``until`` (what a full backfill must read)."""
+    kept = {"meter": BloodGlucoseReading, "cgm": CgmReading}.get(d.spec.kind)
+    return sum(1 for r in d.log.records
+               if r.time <= until and (isinstance(r, kept) if kept is not None
+                                       else not isinstance(r, BloodGlucoseReading | CgmReading)))
+
+
+class _ProgressBar:
+    """One line that redraws on a terminal and prints every few seconds otherwise."""
+
+    def __init__(self, out: TextIO, width: int = 30) -> None:
+        self.out = out
+        self.width = width
+        self.tty = out.isatty()
+        self._last = 0.0
+
+    def show(self, label: str, fraction: float, detail: str, *, final: bool = False) -> None:
+        now = time.monotonic()
+        if not (final or self.tty) and now - self._last < 5.0:
+            return
+        self._last = now
+        fraction = min(max(fraction, 0.0), 1.0)
+        filled = round(fraction * self.width)
+        line = (f"{label:11} [{'#' * filled}{'.' * (self.width - filled)}] "
+                f"{fraction * 100:5.1f}%  {detail}")
+        if self.tty:
+            self.out.write("\r" + line + ("\n" if final else ""))
+        else:
+            self.out.write(line + "\n")
+        self.out.flush()
+
+
 async def run_demo(options: DemoOptions, out: TextIO = sys.stdout,
                    stop: asyncio.Event | None = None) -> DemoSummary:
-    """Run the demo until ``duration_s`` has passed (or ``stop`` is set, or Ctrl-C)."""
-    state = options.state_dir.resolve()
-    state.mkdir(parents=True, exist_ok=True)
+    """Run the demo until ``duration_s`` has passed (or ``stop`` is set, or Ctrl-C; or the
+    backfill is stored, with ``exit_when_ready``)."""
+    state_dir = options.state_dir.resolve()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    options = dataclasses.replace(options, state_dir=state_dir)
     say: Callable[[str], None] = lambda line: print(line, file=out, flush=True)  # noqa: E731
+    demo_state, resumed = load_or_create_state(options, dt.datetime.now(dt.UTC))
     # Local credentials of the demo broker (it refuses anonymous clients, as a real one would).
     for name in ("gateway", "ingest"):
-        secret = state / f"{name}.password"
+        secret = state_dir / f"{name}.password"
         if not secret.exists():
-            secret.write_text(f"demo-{name}-{int(time.time())}\n", encoding="utf-8")
+            secret.write_text(secrets.token_urlsafe(18) + "\n", encoding="utf-8")
             secret.chmod(0o600)
-    users = {GATEWAY_ID: (state / "gateway.password").read_text().strip(),
-             "ingest": (state / "ingest.password").read_text().strip()}
+    users = {GATEWAY_ID: (state_dir / "gateway.password").read_text().strip(),
+             "ingest": (state_dir / "ingest.password").read_text().strip()}
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
 
-    port = _port_or_free(options.port)
-    async with EmbeddedBroker(port=port, users=users) as broker:
-        say(f"broker      {broker.url} (embedded, MQTT 3.1.1)")
-        backend_config = parse_backend_config(_backend_doc(broker.url, state), "demo", state)
+    async with contextlib.AsyncExitStack() as stack:
+        if options.broker_url is None:
+            broker = await stack.enter_async_context(
+                EmbeddedBroker(port=_port_or_free(options.port), users=users))
+            broker_url = broker.url
+            say(f"broker      {broker_url} (embedded, MQTT 3.1.1)")
+        else:
+            broker_url = options.broker_url
+            say(f"broker      {broker_url} (external, MQTT 5)")
+        backend_config = parse_backend_config(
+            _backend_doc(broker_url, state_dir, options), "demo", state_dir)
         store = Store.open(backend_config.store.url)
-        worker = IngestWorker(backend_config, store)
-        worker.start()
-        if not await asyncio.to_thread(worker.wait_subscribed, 15.0):
-            raise RuntimeError("the ingest worker did not subscribe to the demo broker")
-        say(f"backend     ingest -> {state / 'backend.sqlite'}")
+        stack.callback(store.close)
+        say(f"backend     store {_redacted(backend_config.store.url)}")
 
         fleet_config = FleetConfig(DEMO_PATIENTS[:options.patients],
-                                   history_days=options.history_days, live_days=1,
-                                   speed=options.speed)
+                                   history_days=demo_state.history_days,
+                                   live_days=demo_state.live_days, speed=options.speed,
+                                   seed=demo_state.seed)
+        origin = max(dt.datetime.now(dt.UTC), demo_state.sim_time)
         link = LocalLink()  # type: ignore[no-untyped-call]  # bumble leaves it unannotated
-        say(f"simulating  {len(fleet_config.patients)} patient(s), "
-            f"{options.history_days} day(s) of history, live at {options.speed:g}x")
-        fleet = await start_fleet(fleet_config, BleAttachment(link=link),
+        say(f"simulating  {len(fleet_config.patients)} patient(s) from "
+            f"{demo_state.start_date}, {demo_state.history_days} day(s) of history, live at "
+            f"{options.speed:g}x" + (" (resumed)" if resumed else ""))
+        fleet = await start_fleet(fleet_config, BleAttachment(link=link), now=origin,
+                                  start=demo_state.start_date,
                                   on_device=lambda d: say(f"device      {_describe(d)}"))
+        stack.push_async_callback(fleet.close)
+        await asyncio.to_thread(_provision, store, fleet)
+
+        worker = IngestWorker(backend_config, store)
+        worker.start()
+        stack.push_async_callback(asyncio.to_thread, worker.stop, 10.0)
+        if not await asyncio.to_thread(worker.wait_subscribed, 15.0):
+            raise DemoError(f"the ingest worker did not subscribe to {broker_url}")
+
         agent_stop = asyncio.Event()
-        try:
-            agent_config = parse_agent_config(
-                _agent_doc(fleet, broker.url, state, options.poll_interval_s), "demo", state)
-            agent = Agent(agent_config, link=link)
-            agent_task = asyncio.create_task(agent.run(agent_stop, handle_signals=False))
-            _write_connection(state, broker.url, fleet)
-            say(f"ready       state in {state}; Ctrl-C to stop")
-            started = time.monotonic()
-            while not stop.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), 5.0)
-                say(f"progress    {await _progress(store, agent)}")
-                if options.duration_s is not None and \
-                        time.monotonic() - started >= options.duration_s:
-                    stop.set()
-            # Finish cleanly: no more live records; every device is synced once more and the
-            # outbox drains; then the backend must hold everything the agent read.
-            fleet.stop_feeding()
-            say("finishing   last syncs, then draining the gateway's outbox")
-            await asyncio.sleep(options.poll_interval_s * 2 + 1)
-            deadline = time.monotonic() + 30
-            read: dict[str, int] = {}
-            while True:
-                stats = agent.outbox.stats()
-                read = {name: d.records_synced for name, d in stats.devices.items()}
-                stored_total = sum((await asyncio.to_thread(_stored_by_device, store)).values())
-                if (stats.queued == 0 and stored_total >= sum(read.values())) \
-                        or time.monotonic() > deadline:
-                    break
-                await asyncio.sleep(0.5)
+        agent_config = parse_agent_config(
+            _agent_doc(fleet, broker_url, state_dir, options), "demo", state_dir)
+        agent = Agent(agent_config, link=link)
+        agent_task = asyncio.create_task(agent.run(agent_stop, handle_signals=False))
+
+        async def _stop_agent() -> None:
             agent_stop.set()
-            await agent_task
-        finally:
-            agent_stop.set()
-            await fleet.close()
-            await asyncio.to_thread(worker.stop, 10.0)
+            await asyncio.gather(agent_task, return_exceptions=True)
+        stack.push_async_callback(_stop_agent)
+
+        hddt = await _start_hddt(stack, store, options, fleet, say)
+        _write_connection(state_dir, broker_url, fleet, backend_config.store.url, hddt)
+
+        ready = await _backfill(store, agent, fleet, origin, stop=stop, out=out)
+        if ready:
+            say(f"ready       {_ready_line(hddt)}; state in {state_dir}")
+            for line in _try_lines(hddt, state_dir):
+                say(line)
+        started = time.monotonic()
+        while ready and not stop.is_set() and not options.exit_when_ready:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 5.0)
+            save_state(state_dir, dataclasses.replace(demo_state, sim_time=fleet.clock.now()))
+            say(f"progress    {await _progress(store, agent)}")
+            if options.duration_s is not None and \
+                    time.monotonic() - started >= options.duration_s:
+                stop.set()
+        # Finish cleanly: no more live records; every device is synced once more and the
+        # outbox drains; then the backend must hold everything the agent read.
+        fleet.stop_feeding()
+        save_state(state_dir, dataclasses.replace(demo_state, sim_time=fleet.clock.now()))
+        say("finishing   last syncs, then draining the gateway's outbox")
+        read = await _drain(store, agent, options, live=ready and not options.exit_when_ready)
+        await _stop_agent()
         stored = await asyncio.to_thread(_stored_by_device, store)
-        store.close()
     results = [DeviceResult(d.patient, d.spec.name, d.log.info.device_id,
                             read.get(d.log.info.device_id, 0)) for d in fleet.devices]
     say("summary     patient         device          records read by the agent")
@@ -240,6 +411,50 @@ async def run_demo(options: DemoOptions, out: TextIO = sys.stdout,
     say(f"            {total_read} read at the gateway, {total_stored} stored in the backend "
         f"({len(stored)} devices)")
     return DemoSummary(results, total_read, total_stored)
+
+
+async def _backfill(store: Store, agent: Agent, fleet: Fleet, origin: dt.datetime, *,
+                    stop: asyncio.Event, out: TextIO) -> bool:
+    """Wait until every device was synced since the start and the backend holds what the
+    agent read, drawing a progress bar; False when stopped first."""
+    started = dt.datetime.now(dt.UTC)
+    expected = sum(_device_history_count(d, origin) for d in fleet.devices)
+    names = {d.log.info.device_id for d in fleet.devices}
+    bar = _ProgressBar(out)
+    while not stop.is_set():
+        stats = agent.outbox.stats()
+        synced = sum(1 for s in stats.devices.values()
+                     if s.last_sync is not None and s.last_sync >= started)
+        read = sum(s.records_synced for s in stats.devices.values())
+        stored = sum((await asyncio.to_thread(_stored_by_device, store)).values())
+        done = synced >= len(names) and stats.queued == 0 and stored >= read
+        fraction = 1.0 if done else min(0.99, stored / expected) if expected else 0.0
+        bar.show("backfill", fraction, f"{stored:,} of ~{expected:,} records stored, "
+                 f"{synced}/{len(names)} devices synced", final=done)
+        if done:
+            return True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 0.5)
+    return False
+
+
+async def _drain(store: Store, agent: Agent, options: DemoOptions, *,
+                 live: bool) -> dict[str, int]:
+    if live:  # let every device finish one more sync of what streamed in
+        await asyncio.sleep(min(options.poll_interval_s * 2 + 1, 12.0))
+    deadline = time.monotonic() + 30
+    while True:
+        stats = agent.outbox.stats()
+        read = {name: d.records_synced for name, d in stats.devices.items()}
+        stored_total = sum((await asyncio.to_thread(_stored_by_device, store)).values())
+        if (stats.queued == 0 and stored_total >= sum(read.values())) \
+                or time.monotonic() > deadline:
+            return read
+        await asyncio.sleep(0.5)
+
+
+def _redacted(url: str) -> str:
+    return sqlalchemy.make_url(url).render_as_string(hide_password=True)
 
 
 async def _progress(store: Store, agent: Agent) -> str:
@@ -253,18 +468,65 @@ def _describe(d: RunningDevice) -> str:
     return f"{d.patient:15} {d.spec.name:13} {where}  ({d.stored} stored)"
 
 
-def _write_connection(state: Path, broker_url: str, fleet: Fleet) -> None:
-    doc = {
+@dataclass(frozen=True, slots=True)
+class HddtEndpoints:
+    """Where the demo's HDDT interface answers, and what a DiGA needs to pair with it."""
+
+    fhir_base_url: str
+    issuer: str
+    portal_url: str
+    dashboard_url: str
+    ca_certificate: Path
+    diga: Mapping[str, Any]
+    patients: Sequence[Mapping[str, str]]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"fhir_base_url": self.fhir_base_url, "issuer": self.issuer,
+                "portal_url": self.portal_url, "dashboard_url": self.dashboard_url,
+                "ca_certificate": str(self.ca_certificate), "diga": dict(self.diga),
+                "patients": [dict(p) for p in self.patients]}
+
+
+async def _start_hddt(stack: contextlib.AsyncExitStack, store: Store, options: DemoOptions,
+                      fleet: Fleet, say: Callable[[str], None]) -> HddtEndpoints | None:
+    return None
+
+
+def _ready_line(hddt: HddtEndpoints | None) -> str:
+    if hddt is None:
+        return "backfill stored"
+    return f"FHIR {hddt.fhir_base_url}  dashboard {hddt.dashboard_url}"
+
+
+def _try_lines(hddt: HddtEndpoints | None, state_dir: Path) -> list[str]:
+    if hddt is None:
+        return []
+    connection = state_dir / "connection.json"
+    return [f"portal      {hddt.portal_url}",
+            f"try         hddt-bridge diga pair --connection {connection} --patient "
+            f"{hddt.patients[0]['id']}",
+            f"            hddt-bridge diga fetch --connection {connection} --patient "
+            f"{hddt.patients[0]['id']}"]
+
+
+def _write_connection(state: Path, broker_url: str, fleet: Fleet, database_url: str,
+                      hddt: HddtEndpoints | None) -> None:
+    doc: dict[str, Any] = {
         "generated_at": dt.datetime.now(dt.UTC).isoformat(),
         "broker_url": broker_url,
         "gateway_id": GATEWAY_ID,
-        "backend_database": str(state / "backend.sqlite"),
+        "backend_database": _redacted(database_url),
         "agent_outbox": str(state / "agent-outbox.sqlite"),
         "devices": [dataclasses.asdict(dataclasses.replace(d.log.info)) | {
             "patient": d.patient,
             "where": d.serial.url if d.serial is not None else d.spec.address}
             for d in fleet.devices],
-        "hddt": None,  # the FHIR base URL and authorization server join in the next stage
     }
-    (state / "connection.json").write_text(json.dumps(doc, indent=2, default=str) + "\n",
-                                           encoding="utf-8")
+    if hddt is not None:
+        doc |= hddt.to_json()
+    path = state / "connection.json"
+    tmp = path.with_suffix(".tmp")
+    # It holds the demo DiGA's key path and the patients' portal passwords.
+    tmp.touch(mode=0o600)
+    tmp.write_text(json.dumps(doc, indent=2, default=str) + "\n", encoding="utf-8")
+    tmp.replace(path)

@@ -349,9 +349,16 @@ def ble_device_names(config: FleetConfig) -> list[str]:
 
 
 async def start_fleet(config: FleetConfig, ble: BleAttachment | None = None, *,
-                      now: dt.datetime | None = None,
+                      now: dt.datetime | None = None, start: dt.date | None = None,
                       on_device: Callable[[RunningDevice], None] | None = None) -> Fleet:
-    """Simulate every patient, start every device, feed history, and keep feeding live."""
+    """Simulate every patient, start every device, feed history, and keep feeding live.
+
+    The simulation covers ``history_days + live_days + 1`` days from ``start`` (by default
+    ``history_days`` before ``now``). Records up to ``now`` are the devices' stored history.
+    A resumed run passes the first run's ``start`` with the same config and a later ``now``:
+    the simulation is then identical (same seed, same horizon), so every record keeps its
+    identity and the devices hold what they held before plus what happened since.
+    """
     ble = ble or BleAttachment()
     radios = ble_device_names(config)
     if radios and ble.link is None and ble.link_server is None and \
@@ -361,7 +368,8 @@ async def start_fleet(config: FleetConfig, ble: BleAttachment | None = None, *,
                                f"{len(ble.transports)} given")
     origin = (now or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
     clock = FleetClock(origin, config.speed)
-    start = (origin - dt.timedelta(days=config.history_days)).date()
+    if start is None:
+        start = (origin - dt.timedelta(days=config.history_days)).date()
     fleet = Fleet(config, clock, [])
     link = ble.link
     if link is None and ble.link_server is not None and radios:

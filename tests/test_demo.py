@@ -2,26 +2,81 @@
 
 from __future__ import annotations
 
+import json
 import re
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+_SUMMARY = re.compile(r"(\d+) read at the gateway, (\d+) stored in the backend \((\d+) devices")
+_TABLES = ("glucose_readings", "cgm_readings", "insulin_events", "annunciations")
+
+
+def _demo(state: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bridge", "demo", "--state-dir", str(state), "--patients", "3",
+         "--history-days", "1", "--port", "0", "--http-port", "0", *extra],
+        cwd=REPO, capture_output=True, text=True, timeout=240, check=False)
+
+
+def _stored_keys(state: Path) -> list[str]:
+    with sqlite3.connect(state / "backend.sqlite") as db:
+        return [key for table in _TABLES
+                for (key,) in db.execute(f"SELECT key FROM {table}")]  # noqa: S608
 
 
 def test_demo_delivers_everything_the_agent_read(tmp_path: Path) -> None:
     state = tmp_path / "state"
-    done = subprocess.run(
-        [sys.executable, "-m", "bridge", "demo", "--state-dir", str(state), "--patients", "3",
-         "--history-days", "1", "--duration", "8", "--port", "0"],
-        cwd=REPO, capture_output=True, text=True, timeout=240, check=False)
+    done = _demo(state, "--duration", "6", "--speed", "300")
     assert done.returncode == 0, done.stdout + done.stderr
-    match = re.search(r"(\d+) read at the gateway, (\d+) stored in the backend \((\d+) devices",
-                      done.stdout)
+    match = _SUMMARY.search(done.stdout)
     assert match is not None, done.stdout
     read, stored, devices = map(int, match.groups())
     assert read == stored > 500          # a day of CGM values for two patients, at least
     assert devices == 5
-    assert (state / "connection.json").is_file()
+    assert "backfill" in done.stdout and "100.0%" in done.stdout
+    assert (state / "connection.json").stat().st_mode & 0o077 == 0
     assert (state / "gateway.password").stat().st_mode & 0o077 == 0
+    # Each patient's devices belong to that patient, not to the gateway's patient.
+    with sqlite3.connect(state / "backend.sqlite") as db:
+        owners = dict(db.execute("SELECT id, patient_id FROM devices"))
+    connection = json.loads((state / "connection.json").read_text())
+    by_patient: dict[str, set[str]] = {}
+    for device in connection["devices"]:
+        by_patient.setdefault(device["patient"], set()).add(owners[device["device_id"]])
+    assert all(len(ids) == 1 for ids in by_patient.values())
+    assert len({next(iter(ids)) for ids in by_patient.values()}) == 3
+
+
+def test_restart_on_the_same_state_folder_resumes_without_loss_or_duplicates(
+        tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    first = _demo(state, "--exit-when-ready")
+    assert first.returncode == 0, first.stdout + first.stderr
+    keys_first = _stored_keys(state)
+    assert len(keys_first) > 500
+    # Live for a while at high speed, so the second run has new records to fetch.
+    second = _demo(state, "--duration", "6", "--speed", "600")
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "(resumed)" in second.stdout
+    keys_second = _stored_keys(state)
+    assert set(keys_first) <= set(keys_second)              # nothing lost
+    assert len(keys_second) == len(set(keys_second))          # nothing twice
+    assert len(keys_second) > len(keys_first)                 # and the new ones arrived
+    match = _SUMMARY.search(second.stdout)
+    assert match is not None
+    read, stored, _ = map(int, match.groups())
+    assert read == stored == len(keys_second)
+
+
+def test_a_state_folder_refuses_other_settings(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    assert _demo(state, "--exit-when-ready").returncode == 0
+    other = subprocess.run(
+        [sys.executable, "-m", "bridge", "demo", "--state-dir", str(state), "--history-days",
+         "5", "--port", "0", "--http-port", "0", "--exit-when-ready"],
+        cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+    assert other.returncode == 2
+    assert "created with --history-days 1, not 5" in other.stderr
