@@ -24,7 +24,7 @@ def _demo(state: Path, *extra: str) -> subprocess.CompletedProcess[str]:
 def _stored_keys(state: Path) -> list[str]:
     with sqlite3.connect(state / "backend.sqlite") as db:
         return [key for table in _TABLES
-                for (key,) in db.execute(f"SELECT key FROM {table}")]  # noqa: S608
+                for (key,) in db.execute(f"SELECT key FROM {table}")]
 
 
 def test_demo_delivers_everything_the_agent_read(tmp_path: Path) -> None:
