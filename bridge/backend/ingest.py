@@ -57,6 +57,12 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from bridge.backend.config import BackendConfig, IngestConfig
+from bridge.backend.payload_rows import (
+    MAX_RECORD_TEXT,
+    PreparedRecords,
+    prepare_message,
+    prepare_records,
+)
 from bridge.backend.registry import auto_provision_gateway
 from bridge.backend.store import (
     DEVICE_INFO_COLUMNS,
@@ -67,13 +73,11 @@ from bridge.backend.store import (
     UtcDateTime,
     add_dead_letters,
     clean_text,
-    device_info_row,
     devices,
     dialect_insert,
     gateways,
-    insert_rows,
     is_transient,
-    record_row,
+    write_rows,
 )
 from bridge.messages import (
     MAX_PAYLOAD_BYTES,
@@ -85,13 +89,13 @@ from bridge.messages import (
     RecordsMessage,
     parse_topic,
 )
-from bridge.records import Annunciation, CgmReading, record_to_json
+from bridge.records import record_to_json
 
 log = logging.getLogger(__name__)
 
 _INT64 = 2**63
 #: Longest text accepted in a record (record fields are ids, enum values and timestamps).
-_MAX_RECORD_TEXT = 128
+_MAX_RECORD_TEXT = MAX_RECORD_TEXT
 
 
 # --- classification (pure) -------------------------------------------------------------------
@@ -121,11 +125,44 @@ class Ignored:
     why: str
 
 
-@dataclass(frozen=True, slots=True)
 class RecordsArrived:
-    inbound: Inbound
-    gateway_id: str
-    message: RecordsMessage
+    """A records message that passed every check.
+
+    Built either from a decoded :class:`RecordsMessage` (the full check) or from the rows
+    the canonical fast path prepared (:mod:`bridge.backend.payload_rows`); each form is
+    derived from the other on first use.
+    """
+
+    __slots__ = ("_message", "_prepared", "gateway_id", "inbound")
+
+    def __init__(self, inbound: Inbound, gateway_id: str, message: RecordsMessage | None = None,
+                 *, prepared: PreparedRecords | None = None) -> None:
+        if message is None and prepared is None:
+            raise ValueError("RecordsArrived needs the message or its prepared rows")
+        self.inbound = inbound
+        self.gateway_id = gateway_id
+        self._message = message
+        self._prepared = prepared
+
+    @property
+    def message(self) -> RecordsMessage:
+        if self._message is None:  # the fast path accepts only what the full check accepts
+            self._message = RecordsMessage.from_bytes(self.inbound.payload)
+        return self._message
+
+    @property
+    def prepared(self) -> PreparedRecords:
+        if self._prepared is None:
+            self._prepared = prepare_message(self.message)
+        return self._prepared
+
+    @property
+    def record_count(self) -> int:
+        return len(self.prepared.rows)
+
+    def __repr__(self) -> str:
+        return (f"RecordsArrived(topic={self.inbound.topic!r}, gateway_id={self.gateway_id!r}, "
+                f"records={self.record_count})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +222,8 @@ def _check_plain(value: Any, where: str, text_limit: int) -> None:
 
 
 def _check_records(msg: RecordsMessage) -> None:
+    """The hostile-content checks of a message decoded by the full check (the fast path
+    applies the same bounds as it goes)."""
     _check_text(msg.batch_id, "batch_id", 64)
     device = record_to_json(msg.device)
     for name, limit in DEVICE_INFO_COLUMNS.items():
@@ -224,6 +263,9 @@ def classify(inbound: Inbound, *, max_payload_bytes: int = MAX_PAYLOAD_BYTES) ->
             raise _Refuse("oversized", f"{len(payload)} bytes > {max_payload_bytes}")
         try:
             if info.kind == "records":
+                prepared = prepare_records(payload, info.gateway_id)
+                if prepared is not None:
+                    return RecordsArrived(inbound, info.gateway_id, prepared=prepared)
                 message = RecordsMessage.from_bytes(payload)
                 if message.gateway_id != info.gateway_id:
                     raise _Refuse("gateway-mismatch", f"payload of gateway "
@@ -260,7 +302,7 @@ def classify(inbound: Inbound, *, max_payload_bytes: int = MAX_PAYLOAD_BYTES) ->
 
 
 def record_count(decision: Decision) -> int:
-    return len(decision.message.records) if isinstance(decision, RecordsArrived) else 0
+    return decision.record_count if isinstance(decision, RecordsArrived) else 0
 
 
 # --- committing a batch ----------------------------------------------------------------------
@@ -409,8 +451,8 @@ class _Batch:
             if d.gateway_id not in known:
                 continue
             if isinstance(d, RecordsArrived):
-                device_id = d.message.device.device_id
-                row = device_info_row(d.message.device)
+                device_id = d.prepared.device_id
+                row = dict(d.prepared.device_row)
             elif isinstance(d, DeviceStatusArrived):
                 device_id = d.status.device_id
                 row = {"kind": None} | dict.fromkeys(DEVICE_INFO_COLUMNS)
@@ -426,7 +468,7 @@ class _Batch:
                 index_elements=[devices.c.id]), new)
             device_patient = self._devices(first_rows)
 
-        rows: dict[sa.Table, dict[str, dict[str, Any]]] = {}
+        rows: dict[sa.Table, dict[str, tuple[Any, ...]]] = {}
         device_updates: dict[str, dict[str, Any]] = {}
         contact: dict[str, dt.datetime] = {}
         device_contact: dict[str, dt.datetime] = {}
@@ -454,7 +496,7 @@ class _Batch:
                     gateway_status[gw] = dec.status
                 contact[gw] = max(contact.get(gw, inbound.received_at), inbound.received_at)
                 continue
-            device_id = (dec.message.device.device_id if isinstance(dec, RecordsArrived)
+            device_id = (dec.prepared.device_id if isinstance(dec, RecordsArrived)
                          else dec.status.device_id)
             owner = device_patient.get(device_id)
             if owner is not None and owner != patient:
@@ -473,33 +515,34 @@ class _Batch:
                 device_updates.setdefault(device_id, {}).update(gateway_id=gw,
                                                                 patient_id=patient)
                 continue
-            message = dec.message
-            device_updates[device_id] = device_info_row(message.device) | {
+            prepared = dec.prepared
+            device_updates[device_id] = prepared.device_row | {
                 "gateway_id": gw, "patient_id": patient}
-            self.outcome.records += len(message.records)
-            for record in message.records:
-                table, row = record_row(record, patient_id=patient, gateway_id=gw,
-                                        received_at=inbound.received_at, inserted_at=now,
-                                        batch_id=message.batch_id)
-                rows.setdefault(table, {}).setdefault(row["key"], row)
-                if isinstance(record, CgmReading):
-                    state = ("calibration-required"
-                             if Annunciation.CALIBRATION_REQUIRED in record.annunciations
-                             else "calibrated")
-                    prev_cal = calibration.get(device_id)
-                    if prev_cal is None or record.time >= prev_cal[0]:
-                        calibration[device_id] = (record.time, state)
+            self.outcome.records += len(prepared.rows)
+            # Row = the commit's context + the record's own values (store.row_columns);
+            # the first row of a key repeated within the batch wins.
+            context = (patient, gw, prepared.batch_id, inbound.received_at, now)
+            for table, values in prepared.rows:
+                bucket = rows.get(table)
+                if bucket is None:
+                    bucket = rows[table] = {}
+                if values[0] not in bucket:
+                    bucket[values[0]] = context + values
+            if prepared.calibration is not None:
+                prev_cal = calibration.get(device_id)
+                if prev_cal is None or prepared.calibration[0] >= prev_cal[0]:
+                    calibration[device_id] = prepared.calibration
 
         for table in sorted(rows, key=lambda t: t.name):
-            self.outcome.inserted += len(insert_rows(conn, table, list(rows[table].values())))
+            self.outcome.inserted += write_rows(conn, table, list(rows[table].values()))
         self.outcome.duplicates = self.outcome.records - self.outcome.inserted
 
         for device_id in sorted(device_updates):
-            values = dict(device_updates[device_id])
+            update = dict(device_updates[device_id])
             if device_id in device_contact:
-                values["last_contact"] = _later(devices.c.last_contact,
+                update["last_contact"] = _later(devices.c.last_contact,
                                                 device_contact[device_id])
-            conn.execute(devices.update().where(devices.c.id == device_id).values(**values))
+            conn.execute(devices.update().where(devices.c.id == device_id).values(**update))
         for device_id, (when, state) in sorted(calibration.items()):
             conn.execute(devices.update().where(
                 (devices.c.id == device_id)

@@ -414,38 +414,60 @@ def _value_and_unit(record: AnyRecord) -> tuple[float | None, str]:
     return None, unit
 
 
+#: Columns of a data row as :func:`write_rows` takes them, in order: first what the message
+#: and the commit give (:data:`CONTEXT_COLUMNS`), then the record's own values
+#: (:data:`RECORD_COLUMNS`, then the table's :data:`EXTRA_COLUMNS`).
+CONTEXT_COLUMNS: tuple[str, ...] = ("patient_id", "gateway_id", "batch_id", "received_at",
+                                    "inserted_at")
+RECORD_COLUMNS: tuple[str, ...] = ("key", "device_id", "time", "device_time", "sequence",
+                                   "time_quality", "mdc_code", "loinc", "value", "unit",
+                                   "record")
+EXTRA_COLUMNS: Mapping[sa.Table, tuple[str, ...]] = {
+    glucose_readings: ("sample_type", "sample_location", "meal", "annunciations"),
+    cgm_readings: ("trend_mg_dl_per_min", "quality_percent", "annunciations", "session_start",
+                   "time_offset_min"),
+    insulin_events: ("kind",),
+    annunciations: ("annunciation", "status", "instance_id"),
+}
+
+
+def row_columns(table: sa.Table) -> tuple[str, ...]:
+    """The columns of ``table`` in the order of :func:`write_rows`' tuples."""
+    return CONTEXT_COLUMNS + RECORD_COLUMNS + EXTRA_COLUMNS[table]
+
+
+def record_values(record: AnyRecord) -> tuple[sa.Table, tuple[Any, ...]]:
+    """The table of ``record`` and its own values, in the order of
+    ``RECORD_COLUMNS + EXTRA_COLUMNS[table]``."""
+    coding = CODINGS[record.KIND]
+    value, unit = _value_and_unit(record)
+    table = TABLE_OF_KIND[record.KIND]
+    common = (record.idempotency_key(), record.device_id, record.time, record.device_time,
+              record.sequence, _plain_list(record.time_quality), coding.mdc, coding.loinc,
+              value, unit, record_to_json(record))
+    extra: tuple[Any, ...]
+    if isinstance(record, BloodGlucoseReading):
+        extra = (record.sample_type.value, record.sample_location.value,
+                 None if record.meal is None else record.meal.value,
+                 _plain_list(record.annunciations))
+    elif isinstance(record, CgmReading):
+        extra = (record.trend_mg_dl_per_min, record.quality_percent,
+                 _plain_list(record.annunciations), record.session_start,
+                 record.time_offset_min)
+    elif isinstance(record, AnnunciationEvent):
+        extra = (record.annunciation.value, record.status.value, record.instance_id)
+    else:
+        extra = (record.KIND.value,)
+    return table, common + extra
+
+
 def record_row(record: AnyRecord, *, patient_id: str, gateway_id: str, received_at: dt.datetime,
                inserted_at: dt.datetime, batch_id: str | None = None
                ) -> tuple[sa.Table, dict[str, Any]]:
     """The table and the row that store ``record``."""
-    coding = CODINGS[record.KIND]
-    value, unit = _value_and_unit(record)
-    row: dict[str, Any] = {
-        "key": record.idempotency_key(), "patient_id": patient_id,
-        "device_id": record.device_id, "gateway_id": gateway_id, "time": record.time,
-        "device_time": record.device_time, "sequence": record.sequence,
-        "time_quality": _plain_list(record.time_quality), "mdc_code": coding.mdc,
-        "loinc": coding.loinc, "value": value, "unit": unit,
-        "record": record_to_json(record), "batch_id": batch_id,
-        "received_at": received_at, "inserted_at": inserted_at,
-    }
-    table = TABLE_OF_KIND[record.KIND]
-    if isinstance(record, BloodGlucoseReading):
-        row.update(sample_type=record.sample_type.value,
-                   sample_location=record.sample_location.value,
-                   meal=None if record.meal is None else record.meal.value,
-                   annunciations=_plain_list(record.annunciations))
-    elif isinstance(record, CgmReading):
-        row.update(trend_mg_dl_per_min=record.trend_mg_dl_per_min,
-                   quality_percent=record.quality_percent,
-                   annunciations=_plain_list(record.annunciations),
-                   session_start=record.session_start, time_offset_min=record.time_offset_min)
-    elif isinstance(record, AnnunciationEvent):
-        row.update(annunciation=record.annunciation.value, status=record.status.value,
-                   instance_id=record.instance_id)
-    else:
-        row.update(kind=record.KIND.value)
-    return table, row
+    table, values = record_values(record)
+    context = (patient_id, gateway_id, batch_id, received_at, inserted_at)
+    return table, dict(zip(row_columns(table), context + values, strict=True))
 
 
 def insert_rows(conn: Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]]
@@ -457,6 +479,94 @@ def insert_rows(conn: Connection, table: sa.Table, rows: Sequence[Mapping[str, A
     stmt = (dialect_insert(conn, table).on_conflict_do_nothing(index_elements=[table.c.key])
             .returning(table.c.key))
     return [row[0] for row in conn.execute(stmt, list(rows))]
+
+
+def write_rows(conn: Connection, table: sa.Table, rows: Sequence[tuple[Any, ...]]) -> int:
+    """Insert data rows given as tuples in :func:`row_columns` order, skipping keys already
+    stored; returns how many were inserted.
+
+    PostgreSQL: binary ``COPY`` into a temporary staging table, then one
+    ``INSERT … SELECT … ON CONFLICT (key) DO NOTHING`` (a multi-row INSERT of hundreds of rows
+    spends most of its time building and parsing the statement). SQLite: the dialect's
+    INSERT … ON CONFLICT DO NOTHING, executed for many parameter sets. Same transaction as
+    the caller's either way.
+    """
+    if not rows:
+        return 0
+    columns = row_columns(table)
+    if conn.dialect.name == "postgresql":
+        return _copy_rows(conn, table, columns, rows)
+    return len(insert_rows(conn, table, [dict(zip(columns, row, strict=True))
+                                         for row in rows]))
+
+
+def _pg_type(column: sa.Column[Any]) -> str:
+    """The PostgreSQL type name a binary COPY sends ``column`` as."""
+    t = column.type
+    if isinstance(t, UtcDateTime):
+        return "timestamptz"
+    if isinstance(t, sa.DateTime):
+        return "timestamptz" if t.timezone else "timestamp"
+    if isinstance(t, sa.JSON):
+        return "jsonb"
+    if isinstance(t, sa.BigInteger | sa.Integer):
+        return "int8"
+    if isinstance(t, sa.Float):
+        return "float8"
+    if isinstance(t, sa.Boolean):
+        return "bool"
+    if isinstance(t, sa.String):
+        return "text"  # varchar receives the same bytes and still checks its length
+    raise StoreError(f"no COPY type for {column}")  # pragma: no cover
+
+
+_COPY_SQL: dict[str, tuple[str, str, str, list[str]]] = {}
+
+
+def _copy_statements(table: sa.Table, columns: Sequence[str]) -> tuple[str, str, str, list[str]]:
+    if table.name not in _COPY_SQL:
+        stage = f"ingest_stage_{table.name}"
+        cols = ", ".join(f'"{c}"' for c in columns)
+        # Same column types as the table (CREATE … AS … WITH NO DATA), emptied at each commit.
+        create = (f"CREATE TEMPORARY TABLE IF NOT EXISTS {stage} ON COMMIT DELETE ROWS AS "
+                  f"SELECT {cols} FROM {table.name} WITH NO DATA")
+        copy = f"COPY {stage} ({cols}) FROM STDIN (FORMAT BINARY)"
+        insert = (f"INSERT INTO {table.name} ({cols}) SELECT {cols} FROM {stage} "
+                  "ON CONFLICT (key) DO NOTHING")
+        types = [_pg_type(table.c[c]) for c in columns]
+        _COPY_SQL[table.name] = (create, copy, insert, types)
+    return _COPY_SQL[table.name]
+
+
+def _copy_rows(conn: Connection, table: sa.Table, columns: Sequence[str],
+               rows: Sequence[tuple[Any, ...]]) -> int:
+    import psycopg  # noqa: PLC0415
+
+    create, copy, insert, types = _copy_statements(table, columns)
+    dbapi: Any = conn.connection.driver_connection
+    statement = create
+    try:
+        with dbapi.cursor() as cur:
+            # NOTICE "already exists" is expected on every batch but the connection's first.
+            cur.execute("SET LOCAL client_min_messages = warning")
+            cur.execute(create)
+            statement = copy
+            with cur.copy(copy) as cp:
+                cp.set_types(types)
+                for row in rows:
+                    cp.write_row(row)
+            statement = insert
+            cur.execute(insert)
+            return int(cur.rowcount)
+    except psycopg.Error as exc:
+        # Raised as SQLAlchemy raises driver errors (DataError, OperationalError …), so
+        # callers tell refused data from a database that went away the same way.
+        invalidated = conn.dialect.is_disconnect(exc, dbapi, None)  # type: ignore[arg-type]
+        if invalidated:
+            conn.invalidate(exc)
+        raise sa.exc.DBAPIError.instance(statement, None, exc, psycopg.Error,
+                                         connection_invalidated=invalidated,
+                                         dialect=conn.dialect) from exc
 
 
 def device_info_row(info: DeviceInfo) -> dict[str, Any]:
