@@ -5,6 +5,9 @@ so in production it must sit behind the maker's own access control; ``basic_auth
 second, optional fence (HTTP Basic, RFC 7617). Everything is rendered on the server: HTML
 from Jinja2 templates (autoescaped) with inline SVG charts, no JavaScript, no external
 resources.
+
+Reads go through ``Store.read()``: on SQLite a DEFERRED transaction (no write lock), so a page
+view neither waits for the ingest nor holds it up.
 """
 
 from __future__ import annotations
@@ -25,7 +28,6 @@ from bridge.dashboard import DashboardError
 from bridge.dashboard.auth import BasicAuth
 from bridge.dashboard.charts import daily_overlay_chart, glucose_chart, time_in_range_bar
 from bridge.dashboard.queries import Overview, PatientWindow, overview, patient_window
-from bridge.dashboard.reader import StoreReader
 from bridge.dashboard.stats import (
     RANGES,
     basal_steps,
@@ -130,18 +132,17 @@ def create_dashboard_app(store: Store, *, portal_url: str | None = None,
         raise DashboardError(f"unknown time zone {timezone!r} (an IANA name such as "
                              "'Europe/Berlin')") from None
     now_of: Clock = clock or (lambda: dt.datetime.now(dt.UTC))
-    reader = StoreReader(store)
     env = _environment(tz)
     app = FastAPI(title="hddt-bridge dashboard", docs_url=None, redoc_url=None,
                   openapi_url=None)
-    app.state.reader = reader
 
     def render(request: Request, template: str, status: int = 200, **context: Any
                ) -> HTMLResponse:
         refresh = _int_param(request, "refresh", None, *REFRESH_RANGE_S)
         html = env.get_template(template).render(
             portal_url=portal_url, fhir_base_url=fhir_base_url, refresh=refresh,
-            root=request.url_for("overview").path, timezone=timezone, **context)
+            root=request.url_for("overview").path, timezone=timezone, status=status,
+            **context)
         return HTMLResponse(html, status_code=status)
 
     @app.middleware("http")
@@ -182,7 +183,7 @@ def create_dashboard_app(store: Store, *, portal_url: str | None = None,
                    name="overview")
     def overview_page(request: Request) -> HTMLResponse:
         now = now_of()
-        with reader.connect() as conn:
+        with store.read() as conn:
             data: Overview = overview(conn, now)
         ago = {("gateway", g.id): _ago(g.last_contact, now) for g in data.gateways}
         ago |= {("device", d.id): _ago(d.last_contact, now) for d in data.devices}
@@ -197,7 +198,7 @@ def create_dashboard_app(store: Store, *, portal_url: str | None = None,
         now = now_of()
         end = _end_param(request, tz, now)
         start = end - dt.timedelta(days=days)
-        with reader.connect() as conn:
+        with store.read() as conn:
             window: PatientWindow | None = patient_window(conn, patient_id, start, end)
         if window is None:
             return render(request, "error.html", status=404, title="No such patient",

@@ -1,8 +1,7 @@
 """What the dashboard pages show, read from the backend store in one read-only transaction.
 
-Each function takes a :class:`~sqlalchemy.engine.Connection` (from
-:class:`bridge.dashboard.reader.StoreReader`) and returns plain values for the templates and
-the charts; none writes.
+Each function takes a :class:`~sqlalchemy.engine.Connection` (from ``Store.read()``) and
+returns plain values for the templates and the charts; none writes.
 """
 
 from __future__ import annotations
@@ -25,6 +24,7 @@ from bridge.backend.store import (
     list_dead_letters,
     patients,
 )
+from bridge.dashboard.stats import BasalEvent
 from bridge.records import (
     BasalRateChange,
     BolusPhase,
@@ -152,8 +152,6 @@ class Bolus:
     total_iu: float
     device_id: str
 
-
-BasalEvent = BasalRateChange | TempBasalStart | TempBasalEnd | TherapyStateChange
 
 _BASAL_KINDS = (RecordKind.BASAL_RATE_CHANGE, RecordKind.TEMP_BASAL_START,
                 RecordKind.TEMP_BASAL_END, RecordKind.THERAPY_STATE_CHANGE)
