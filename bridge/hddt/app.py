@@ -1,0 +1,269 @@
+"""The HDDT FHIR resource server as an ASGI application (mounted at ``/fhir``).
+
+Every request: content negotiation (406), the caller's grant from the
+:class:`~bridge.hddt.access.AccessResolver` (401/403 as error-codes.md), the rate limit
+(429), the interaction in a worker thread, the response in JSON or XML, and one audit
+entry. Only GET reads and searches exist, plus ``POST _search`` and
+``POST Observation/$hddt-cgm-summary``; every other write is 405 (read-only interface).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+
+from bridge.backend.store import Store
+from bridge.hddt import formats, outcome, search
+from bridge.hddt.access import MIV_CONTINUOUS_GLUCOSE, AccessDenied, AccessGrant, AccessResolver
+from bridge.hddt.audit import AuditEvent, AuditLog
+from bridge.hddt.capability import capability_statement
+from bridge.hddt.formats import Format
+from bridge.hddt.outcome import FhirError
+from bridge.hddt.ratelimit import RateLimiter
+from bridge.hddt.service import Clock, FhirService, _utc_now
+from bridge.hddt.settings import HddtSettings
+
+log = logging.getLogger(__name__)
+
+Work = Callable[[AccessGrant], dict[str, Any]]
+
+
+class _Outcome(Exception):
+    """A ready response (an error body that is not an OperationOutcome of ours)."""
+
+    def __init__(self, status: int, body: dict[str, Any], headers: dict[str, str]) -> None:
+        self.status = status
+        self.body = body
+        self.headers = headers
+        super().__init__(status)
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version  # noqa: PLC0415
+
+        return version("hddt-bridge")
+    except Exception:  # not installed as a distribution (running from a checkout)
+        return "0"
+
+
+class FhirApp:
+    """State and request handling behind the routes of :func:`create_fhir_app`."""
+
+    def __init__(self, store: Store, settings: HddtSettings, access: AccessResolver, *,
+                 base_url: str, clock: Clock = _utc_now) -> None:
+        self.settings = settings
+        self.access = access
+        self.service = FhirService(store, settings, base_url=base_url, clock=clock)
+        self.limiter = RateLimiter(settings)
+        self.audit = AuditLog(store, interface_id=base_url, batch=settings.audit_batch,
+                              flush_interval_s=settings.audit_flush_interval_s)
+        self.metadata = capability_statement(base_url=base_url, software_version=_version(),
+                                             published=clock())
+
+    async def handle(self, request: Request, interaction: str, work: Work | None, *,
+                     data_request: bool = False, public: Callable[[], dict[str, Any]] | None
+                     = None) -> Response:
+        started = time.perf_counter()
+        grant: AccessGrant | None = None
+        fmt = Format.JSON
+        pretty = request.query_params.get("_pretty") == "true"
+        headers: dict[str, str] = {}
+        error: tuple[str, str] | None = None
+        try:
+            try:
+                fmt = formats.negotiate(request.query_params.get("_format"),
+                                        request.headers.get("accept"))
+                if public is not None:
+                    resource = public()
+                else:
+                    assert work is not None
+                    grant = await self.access.resolve(request)
+                    self.limiter.check(grant.pairing_id, data_request=data_request)
+                    resource = await run_in_threadpool(work, grant)
+                status = 200
+            except AccessDenied as exc:
+                raise _Outcome(exc.status, {"error": exc.error,
+                                            "error_description": exc.description},
+                               {"WWW-Authenticate": f'Bearer error="{exc.error}", '
+                                                   f'error_description="{exc.description}"'}
+                               ) from None
+            except FhirError as exc:
+                status, resource, headers = exc.status, exc.outcome(), exc.headers
+                error = (exc.code, exc.diagnostics)
+            except _Outcome:
+                raise
+            except Exception as exc:
+                log.exception("HDDT %s failed", interaction)
+                failure = outcome.server_failure(f"Internal failure ({type(exc).__name__}); "
+                                                 "the request was logged")
+                status, resource = 500, failure.outcome()
+                error = (failure.code, failure.diagnostics)
+            body = formats.serialize(resource, fmt, pretty=pretty)
+            media = fmt.media_type
+        except _Outcome as out:
+            status, headers = out.status, out.headers
+            body = formats.dumps_json(out.body)
+            media = "application/json"
+            error = (str(out.body.get("error")), str(out.body.get("error_description")))
+        self.audit.record(AuditEvent(
+            at=dt.datetime.now(dt.UTC),
+            transaction_id=request.headers.get("x-request-id") or uuid.uuid4().hex,
+            pairing_id=None if grant is None else grant.pairing_id,
+            patient_id=None if grant is None else grant.patient_id,
+            client_id=None if grant is None else grant.client_id, interaction=interaction,
+            method=request.method, url=str(request.url), status=status,
+            response_time_ms=(time.perf_counter() - started) * 1000,
+            data_volume_bytes=len(body), error_code=None if error is None else error[0],
+            error_description=None if error is None else error[1]))
+        return Response(body, status_code=status, headers=headers,
+                        media_type=f"{media}; charset=utf-8")
+
+    async def search_params(self, request: Request) -> list[tuple[str, str]]:
+        """Query items, plus the form body of ``POST _search`` (http.html "search")."""
+        items = list(request.query_params.multi_items())
+        if request.method == "POST":
+            ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+            if ctype != "application/x-www-form-urlencoded":
+                raise outcome.content_type_not_supported()
+            form = await request.form()
+            items += [(k, v) for k, v in form.multi_items() if isinstance(v, str)]
+        return [(k, v) for k, v in items]
+
+    def summary(self, grant: AccessGrant, body: dict[str, Any]) -> dict[str, Any]:
+        from bridge.hddt import summary  # noqa: PLC0415 - optional MIV operation
+
+        if MIV_CONTINUOUS_GLUCOSE not in grant.value_sets:
+            raise AccessDenied(403, "insufficient_scope",
+                               "The CGM summary needs the Continuous Glucose Measurement "
+                               "scope")
+        now = self.service.clock()
+        try:
+            req = summary.parse_summary_parameters(body, now=now)
+            rows, devices = self.service.cgm_points(grant, req.start, req.end)
+            points = [summary.CgmPoint(r.time, r.value, r.device_id) for r in rows]
+            refs = {d: self.service.full_url(res) for d, res in devices.items()}
+            return summary.cgm_summary_bundle(req, points, patient_reference=None,
+                                              device_references=refs, now=now,
+                                              id_factory=lambda: str(uuid.uuid4()),
+                                              devices=devices)
+        except summary.SummaryError as exc:
+            first = exc.operation_outcome()["issue"][0]
+            text = str(first.get("details", {}).get("text", exc.text))
+            raise FhirError(exc.http_status, str(first.get("code", "invalid")), text) from None
+
+
+def create_fhir_app(store: Store, settings: HddtSettings, access: AccessResolver, *,
+                    base_url: str, clock: Clock = _utc_now) -> FastAPI:
+    """The resource server; ``base_url`` is its public FHIR base (e.g. ``…/fhir``).
+
+    ``app.state.hddt`` is the :class:`FhirApp` (its ``audit`` should be closed on shutdown:
+    mounted sub-applications get no lifespan events)."""
+    fhir = FhirApp(store, settings, access, base_url=base_url, clock=clock)
+    app = FastAPI(title="HDDT FHIR resource server", openapi_url=None, docs_url=None,
+                  redoc_url=None)
+    app.state.hddt = fhir
+    st = settings
+
+    @app.get("/metadata")
+    async def metadata(request: Request) -> Response:
+        return await fhir.handle(request, "metadata", None, public=lambda: fhir.metadata)
+
+    async def observation_search(request: Request) -> Response:
+        try:
+            items = await fhir.search_params(request)
+            s = search.parse_observation_search(items, default_count=st.page_size_default,
+                                                max_count=st.page_size_max)
+        except FhirError as exc:
+            return await fhir.handle(request, "search-observation", _raise(exc))
+        return await fhir.handle(
+            request, "search-observation",
+            lambda g: fhir.service.search_observations(g, s, items), data_request=True)
+
+    app.add_api_route("/Observation", observation_search, methods=["GET"])
+    app.add_api_route("/Observation/_search", observation_search, methods=["POST"])
+
+    @app.post("/Observation/$hddt-cgm-summary")
+    async def cgm_summary(request: Request) -> Response:
+        try:
+            body_format = formats.request_body_format(request.headers.get("content-type"))
+            body = formats.parse_body(await request.body(), body_format)
+        except FhirError as exc:
+            return await fhir.handle(request, "operation-cgm-summary", _raise(exc))
+        return await fhir.handle(request, "operation-cgm-summary",
+                                 lambda g: fhir.summary(g, body), data_request=True)
+
+    @app.get("/Observation/{resource_id}")
+    async def observation_read(request: Request, resource_id: str) -> Response:
+        return await fhir.handle(request, "read-observation",
+                                 lambda g: fhir.service.read_observation(g, resource_id))
+
+    async def device_search(request: Request) -> Response:
+        try:
+            items = await fhir.search_params(request)
+            s = search.parse_device_search(items, default_count=st.page_size_default,
+                                           max_count=st.page_size_max)
+        except FhirError as exc:
+            return await fhir.handle(request, "search-device", _raise(exc))
+        return await fhir.handle(request, "search-device",
+                                 lambda g: fhir.service.search_devices(g, s, items))
+
+    app.add_api_route("/Device", device_search, methods=["GET"])
+    app.add_api_route("/Device/_search", device_search, methods=["POST"])
+
+    @app.get("/Device/{resource_id}")
+    async def device_read(request: Request, resource_id: str) -> Response:
+        return await fhir.handle(request, "read-device",
+                                 lambda g: fhir.service.read_device(g, resource_id))
+
+    async def metric_search(request: Request) -> Response:
+        try:
+            items = await fhir.search_params(request)
+            s = search.parse_device_metric_search(items, default_count=st.page_size_default,
+                                                  max_count=st.page_size_max)
+        except FhirError as exc:
+            return await fhir.handle(request, "search-devicemetric", _raise(exc))
+        return await fhir.handle(request, "search-devicemetric",
+                                 lambda g: fhir.service.search_metrics(g, s, items))
+
+    app.add_api_route("/DeviceMetric", metric_search, methods=["GET"])
+    app.add_api_route("/DeviceMetric/_search", metric_search, methods=["POST"])
+
+    @app.get("/DeviceMetric/{resource_id}")
+    async def metric_read(request: Request, resource_id: str) -> Response:
+        return await fhir.handle(request, "read-devicemetric",
+                                 lambda g: fhir.service.read_metric(g, resource_id))
+
+    @app.get("/{resource_type}/{resource_id}/_history/{version}")
+    async def vread(request: Request, resource_type: str, resource_id: str,
+                    version: str) -> Response:
+        # Device and DeviceMetric are not versioned (a new calibration state is a new
+        # DeviceMetric), so no version exists (fhir-api-device.md "VREAD" may be omitted).
+        return await fhir.handle(request, "vread", _raise(outcome.version_not_valid(
+            version, f"{resource_type}/{resource_id}")))
+
+    @app.api_route("/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
+    async def other(request: Request, path: str) -> Response:
+        if request.method == "GET":
+            error = FhirError(404, "not-supported", f"Resource type or path /{path} is not "
+                                                    "supported by this server")
+        else:
+            error = outcome.method_not_allowed(request.method, f"/{path}")
+        return await fhir.handle(request, "refused", None, public=lambda: _raise(error)(None))
+
+    return app
+
+
+def _raise(error: FhirError) -> Callable[[AccessGrant | None], dict[str, Any]]:
+    def work(_grant: AccessGrant | None) -> dict[str, Any]:
+        raise error
+    return work

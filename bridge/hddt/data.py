@@ -1,0 +1,109 @@
+"""Read-only queries of the resource server on the backend store.
+
+Few round trips per request: one query for the patient's devices with the times of their
+first and newest readings (correlated subqueries on the ``(device_id, time)`` indexes), one
+for the meter readings of a page (keyset, LIMIT) and one per window of CGM chunks.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from bridge.backend.store import cgm_readings, devices, glucose_readings
+from bridge.records import CODINGS, RecordKind
+
+CGM_LOINC = CODINGS[RecordKind.CGM_GLUCOSE].loinc
+
+
+def fhir_device_key(device_id: str) -> str:
+    """16 hex digits naming a store device in FHIR ids (store ids may hold ``_`` and run to
+    64 characters, FHIR ids may not; the hash also keeps backend ids out of the API)."""
+    return hashlib.sha256(device_id.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRow:
+    """A device of the patient with what the resource server derives from its readings."""
+
+    id: str
+    key: str
+    kind: str | None
+    manufacturer: str | None
+    model: str | None
+    serial_number: str | None
+    calibration_state: str | None
+    last_contact: dt.datetime | None
+    first_seen: dt.datetime
+    first_cgm: dt.datetime | None
+    last_cgm: dt.datetime | None
+    first_bg: dt.datetime | None
+    last_bg: dt.datetime | None
+
+
+def patient_devices(conn: Connection, patient_id: str) -> list[DeviceRow]:
+    """Every device of the patient, oldest first."""
+    def agg(fn: Any, table: sa.Table) -> Any:
+        return (sa.select(fn(table.c.time)).where(table.c.device_id == devices.c.id)
+                .scalar_subquery())
+
+    q = (sa.select(devices.c.id, devices.c.kind, devices.c.manufacturer, devices.c.model,
+                   devices.c.serial_number, devices.c.calibration_state,
+                   devices.c.last_contact, devices.c.first_seen,
+                   agg(sa.func.min, cgm_readings).label("first_cgm"),
+                   agg(sa.func.max, cgm_readings).label("last_cgm"),
+                   agg(sa.func.min, glucose_readings).label("first_bg"),
+                   agg(sa.func.max, glucose_readings).label("last_bg"))
+         .where(devices.c.patient_id == patient_id).order_by(devices.c.first_seen, devices.c.id))
+    out = []
+    for r in conn.execute(q):
+        out.append(DeviceRow(
+            id=r.id, key=fhir_device_key(r.id), kind=r.kind, manufacturer=r.manufacturer,
+            model=r.model, serial_number=r.serial_number,
+            calibration_state=r.calibration_state, last_contact=r.last_contact,
+            first_seen=r.first_seen, first_cgm=_utc(r.first_cgm), last_cgm=_utc(r.last_cgm),
+            first_bg=_utc(r.first_bg), last_bg=_utc(r.last_bg)))
+    return out
+
+
+def _utc(value: Any) -> dt.datetime | None:
+    # Aggregates bypass the column type: SQLite hands back naive text, PostgreSQL aware.
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value)
+    assert isinstance(value, dt.datetime)
+    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class CgmRow:
+    device_id: str
+    time: dt.datetime
+    value: float | None
+    annunciations: str
+    inserted_at: dt.datetime
+
+
+def cgm_rows(conn: Connection, patient_id: str, start: dt.datetime, end: dt.datetime,
+             device_ids: Sequence[str] | None = None) -> list[CgmRow]:
+    """The patient's CGM readings with ``start <= time < end``, by device and time."""
+    t = cgm_readings
+    q = (sa.select(t.c.device_id, t.c.time, t.c.value, t.c.annunciations, t.c.inserted_at)
+         .where(t.c.patient_id == patient_id, t.c.loinc == CGM_LOINC, t.c.time >= start,
+                t.c.time < end)
+         .order_by(t.c.device_id, t.c.time, t.c.id))
+    if device_ids is not None:
+        q = q.where(t.c.device_id.in_(list(device_ids)))
+    return [CgmRow(*r) for r in conn.execute(q)]
+
+
+GLUCOSE_COLUMNS = (glucose_readings.c.id, glucose_readings.c.device_id, glucose_readings.c.time,
+                   glucose_readings.c.value, glucose_readings.c.sample_type,
+                   glucose_readings.c.annunciations, glucose_readings.c.inserted_at)
