@@ -147,10 +147,16 @@ def glucose_chart(*, start: dt.datetime, end: dt.datetime, tz: ZoneInfo,
     base = INSULIN_TOP + INSULIN_HEIGHT
     parts.append(f'<line class="axis" x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{base}" '
                  f'y2="{base}"/>')
-    parts.append(f'<text class="unit" x="{LEFT - 6}" y="{INSULIN_TOP + 10}" '
-                 f'text-anchor="end">bolus IU</text>')
-    parts.append(f'<text class="unit" x="{WIDTH - RIGHT + 6}" y="{INSULIN_TOP + 10}" '
-                 f'text-anchor="start">basal IU/h</text>')
+    parts.append(f'<text class="unit" x="4" y="{INSULIN_TOP - 4}" '
+                 f'text-anchor="start">bolus IU</text>')
+    for units in (0.0, max_bolus):
+        parts.append(f'<text class="tick" x="{LEFT - 6}" y="{_f(y_bolus(units) + 4)}" '
+                     f'text-anchor="end">{_num(units)}</text>')
+    parts.append(f'<text class="unit" x="{WIDTH - 4}" y="{INSULIN_TOP - 4}" '
+                 f'text-anchor="end">basal IU/h</text>')
+    for rate in (0.0, max_basal):
+        parts.append(f'<text class="tick" x="{WIDTH - RIGHT + 6}" '
+                     f'y="{_f(y_basal(rate) + 4)}" text-anchor="start">{_num(rate)}</text>')
     for b in boluses:
         px = x(b.time.timestamp())
         top_px = y_bolus(b.total_iu)
