@@ -31,6 +31,7 @@ from bridge.records import (
     DeviceKind,
     Record,
 )
+from simulators.ble.cgm_sensor import DEFAULT_CAPACITY as CGM_DEFAULT_CAPACITY
 from simulators.ble.cgm_sensor import CgmSensorPeripheral
 from simulators.ble.common import (
     HciTransport,
@@ -436,8 +437,11 @@ async def _start_device(running: RunningDevice, history: Sequence[Record],
             records=[r for r in history if isinstance(r, BloodGlucoseReading)])
     elif dev.kind == "cgm":
         cgm = [r for r in history if isinstance(r, CgmReading)]
+        # A fleet stands for a gateway that has been collecting all along: the sensor's
+        # memory holds the whole simulated history (a real one keeps about ten days).
         peripheral = CgmSensorPeripheral(config, ble_transport, records=cgm,
-                                         e2e_crc=dev.e2e_crc)
+                                         e2e_crc=dev.e2e_crc,
+                                         capacity=max(CGM_DEFAULT_CAPACITY, len(cgm)))
     else:
         peripheral = InsulinPumpPeripheral(
             config, ble_transport, records=[r for r in history if isinstance(r, PUMP_RECORDS)],
