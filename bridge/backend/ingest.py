@@ -248,8 +248,14 @@ def _topic_gateway(topic: str) -> str | None:
     return None
 
 
-def classify(inbound: Inbound, *, max_payload_bytes: int = MAX_PAYLOAD_BYTES) -> Decision:
-    """Decide what one message is, without touching the database. Never raises."""
+def classify(inbound: Inbound, *, max_payload_bytes: int = MAX_PAYLOAD_BYTES,
+             fast: bool = True) -> Decision:
+    """Decide what one message is, without touching the database. Never raises.
+
+    A records payload in the canonical form goes straight to rows
+    (:func:`bridge.backend.payload_rows.prepare_records`); anything else, or everything
+    with ``fast=False``, through the full check. Both reach the same decision.
+    """
     gateway = _topic_gateway(inbound.topic)
     try:
         try:
@@ -263,7 +269,7 @@ def classify(inbound: Inbound, *, max_payload_bytes: int = MAX_PAYLOAD_BYTES) ->
             raise _Refuse("oversized", f"{len(payload)} bytes > {max_payload_bytes}")
         try:
             if info.kind == "records":
-                prepared = prepare_records(payload, info.gateway_id)
+                prepared = prepare_records(payload, info.gateway_id) if fast else None
                 if prepared is not None:
                     return RecordsArrived(inbound, info.gateway_id, prepared=prepared)
                 message = RecordsMessage.from_bytes(payload)
@@ -577,6 +583,7 @@ class _Batch:
 @dataclass(frozen=True, slots=True)
 class _Delivery:
     inbound: Inbound
+    decision: Decision
     mid: int
     qos: int
     generation: int
@@ -597,6 +604,9 @@ class WorkerStats:
     commit_failures: int = 0
     connects: int = 0
     dead_letters: collections.Counter[str] = field(default_factory=collections.Counter)
+    #: Seconds spent checking messages (network thread) and committing batches.
+    check_s: float = 0.0
+    commit_s: float = 0.0
 
 
 def subscription_filters(group: str, status_topics: bool = True) -> list[str]:
@@ -709,7 +719,12 @@ class IngestWorker:
                           received_at=dt.datetime.now(dt.UTC))
         with self._lock:
             generation = self._generation
-        self._queue.put(_Delivery(inbound, message.mid, message.qos, generation))
+        # Checked here, on the network thread, so that checking the next messages overlaps
+        # with the commit thread waiting for the database (classify never raises).
+        started = time.perf_counter()
+        decision = self.processor.classify(inbound)
+        self.stats.check_s += time.perf_counter() - started
+        self._queue.put(_Delivery(inbound, decision, message.mid, message.qos, generation))
 
     # -- lifecycle --
     def start(self) -> None:
@@ -779,7 +794,7 @@ class IngestWorker:
             except queue.Empty:
                 pass
             else:
-                decision = self.processor.classify(delivery.inbound)
+                decision = delivery.decision
                 if not pending:
                     first = time.monotonic()
                 pending.append((delivery, decision))
@@ -794,6 +809,7 @@ class IngestWorker:
     def _flush(self, pending: list[tuple[_Delivery, Decision]]) -> bool:
         decisions = [d for _, d in pending]
         delay = self.config.ingest.retry_min_s
+        started = time.perf_counter()
         while True:
             try:
                 outcome = self.processor.commit(decisions)
@@ -817,6 +833,7 @@ class IngestWorker:
                     self.client.ack(delivery.mid, delivery.qos)
                 acked += 1
         s = self.stats
+        s.commit_s += time.perf_counter() - started
         s.batches += 1
         s.messages += outcome.messages
         s.records += outcome.records
