@@ -296,6 +296,7 @@ def parse_config(data: Mapping[str, Any], source: str = "<config>",
     store = _store(root.table("store", required=True), base)
     broker = _broker(root.table("broker", required=True), base, check_files)
     ingest = _ingest(root.table("ingest"))
+    root.used.update({"api", "auth"})  # the HTTPS server's tables, read by bridge.auth.config
     root.finish()
     return BackendConfig(source=source, store=store, broker=broker, ingest=ingest)
 
