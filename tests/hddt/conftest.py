@@ -9,6 +9,7 @@ test controls.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import functools
 from collections.abc import Iterator, Sequence
@@ -16,11 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from fastapi import FastAPI
-import asyncio
-
-import httpx
 
 from bridge.backend import registry
 from bridge.backend.ingest import Inbound, IngestProcessor
