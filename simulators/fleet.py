@@ -15,7 +15,7 @@ import dataclasses
 import datetime as dt
 import tomllib
 import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from bridge.records import (
     DeviceKind,
     Record,
 )
+from bridge.tomlconfig import TomlTable, Wording
 from simulators.ble.cgm_sensor import DEFAULT_CAPACITY as CGM_DEFAULT_CAPACITY
 from simulators.ble.cgm_sensor import CgmSensorPeripheral
 from simulators.ble.common import (
@@ -93,127 +94,119 @@ class FleetConfig:
 
 # --- parsing ------------------------------------------------------------------------------
 
-class _Table:
-    """Typed access to one TOML table, naming ``file: path.key`` in every error."""
+class _Wording(Wording):
+    """The fleet files' established wording (``expected int, got str '2'``)."""
 
-    def __init__(self, data: Mapping[str, Any], where: str, allowed: set[str]) -> None:
-        self.data, self.where = data, where
-        unknown = set(data) - allowed
-        if unknown:
-            raise FleetConfigError(f"{where}: unknown key(s) {sorted(unknown)}; "
-                                   f"allowed: {sorted(allowed)}")
+    names: Mapping[str, str] = {"string": "str", "integer": "int", "number": "float",
+                                "boolean": "bool", "table": "a table", "array": "list",
+                                "date": "date"}
 
-    def get(self, key: str, kind: type[Any], default: Any = None, *,
-            required: bool = False) -> Any:
-        if key not in self.data:
-            if required:
-                raise FleetConfigError(f"{self.where}.{key}: required")
-            return default
-        value = self.data[key]
-        is_bool = isinstance(value, bool)
-        ok = ((isinstance(value, kind) and not (kind is int and is_bool))
-              or (kind is float and isinstance(value, int) and not is_bool))
-        if not ok:
-            raise FleetConfigError(f"{self.where}.{key}: expected {kind.__name__}, got "
-                                   f"{type(value).__name__} {value!r}")
-        return float(value) if kind is float else value
+    def describe(self, value: Any) -> str:
+        return f"{type(value).__name__} {value!r}"
+
+    def array_of_tables(self, key: str) -> str:
+        return self.names["array"]
+
+    def missing(self, what: str) -> str:
+        return "required"
+
+    def choice_type(self, choices: Sequence[str]) -> str:
+        return self.names["string"]
+
+    def not_a_choice(self, choices: Sequence[str], value: str) -> str:
+        expected = (" or ".join(map(repr, choices)) if len(choices) <= 2
+                    else f"one of {list(choices)}")
+        return f"expected {expected}, got {value!r}"
+
+    def unknown_keys(self, table_key: str, unknown: Sequence[str],
+                     known: Iterable[str]) -> tuple[str, str]:
+        return table_key, f"unknown key(s) {sorted(unknown)}; allowed: {sorted(known)}"
 
 
 _FAULT_KEYS = {f.name for f in dataclasses.fields(FaultConfig)} - {"clock_reset_to",
                                                                     "clock_epoch"}
+_FAULT_INTEGERS = ("seed", "disconnect_after_records", "clock_reset_at_record",
+                   "sequence_reset_at_record")
 
 
-def _faults(data: Any, where: str) -> FaultConfig:
-    if data is None:
-        return FaultConfig()
-    if not isinstance(data, dict):
-        raise FleetConfigError(f"{where}: expected a table")
-    t = _Table(data, where, _FAULT_KEYS)
+def _faults(t: TomlTable) -> FaultConfig:
+    t.refuse_unknown(_FAULT_KEYS)
     kwargs: dict[str, Any] = {}
     for f in dataclasses.fields(FaultConfig):
-        if f.name not in data:
+        if f.name not in t:
             continue
         if f.name == "annunciations":
-            names = t.get("annunciations", list)
             try:
-                kwargs["annunciations"] = frozenset(Annunciation(n) for n in names)
+                kwargs["annunciations"] = frozenset(
+                    Annunciation(n) for n in t.array("annunciations") or [])
             except ValueError as exc:
-                raise FleetConfigError(f"{where}.annunciations: {exc}; known: "
-                                       f"{[a.value for a in Annunciation]}") from None
-        elif f.name in ("battery_low",):
-            kwargs[f.name] = t.get(f.name, bool)
-        elif f.name in ("seed", "disconnect_after_records", "clock_reset_at_record",
-                        "sequence_reset_at_record"):
-            kwargs[f.name] = t.get(f.name, int)
+                raise t.fail("annunciations", f"{exc}; known: "
+                                              f"{[a.value for a in Annunciation]}") from None
+        elif f.name == "battery_low":
+            kwargs[f.name] = t.boolean(f.name, False)
+        elif f.name in _FAULT_INTEGERS:
+            kwargs[f.name] = t.opt_integer(f.name)
         else:
-            kwargs[f.name] = t.get(f.name, float)
+            kwargs[f.name] = t.opt_number(f.name)
     try:
         return FaultConfig(**kwargs)
     except (ValueError, SimulatorError) as exc:
-        raise FleetConfigError(f"{where}: {exc}") from None
+        raise t.fail("", str(exc)) from None
 
 
-def _device(data: Any, where: str) -> DeviceSpec:
-    if not isinstance(data, dict):
-        raise FleetConfigError(f"{where}: expected a table")
-    t = _Table(data, where, {"kind", "transport", "name", "address", "protocol", "port",
-                             "tcp_port", "e2e_crc", "passkey", "bonding", "faults"})
-    kind = t.get("kind", str, required=True)
-    if kind not in KINDS:
-        raise FleetConfigError(f"{where}.kind: expected one of {sorted(KINDS)}, got {kind!r}")
-    transport = t.get("transport", str, "ble")
-    if transport not in ("ble", "serial"):
-        raise FleetConfigError(f"{where}.transport: expected 'ble' or 'serial', "
-                               f"got {transport!r}")
-    protocol = t.get("protocol", str)
-    port = t.get("port", str, "pty")
+def _device(t: TomlTable) -> DeviceSpec:
+    t.refuse_unknown({"kind", "transport", "name", "address", "protocol", "port", "tcp_port",
+                      "e2e_crc", "passkey", "bonding", "faults"})
+    kind = t.choice("kind", sorted(KINDS))
+    transport = t.choice("transport", ("ble", "serial"), "ble")
     if transport == "serial":
         if kind != "meter":
-            raise FleetConfigError(f"{where}.kind: serial emulators are meters, got {kind!r}")
-        if protocol not in PROTOCOLS:
-            raise FleetConfigError(f"{where}.protocol: expected one of {list(PROTOCOLS)}, "
-                                   f"got {protocol!r}")
-        if port not in ("pty", "tcp"):
-            raise FleetConfigError(f"{where}.port: expected 'pty' or 'tcp', got {port!r}")
-    elif t.get("address", str) is None:
-        raise FleetConfigError(f"{where}.address: required for a BLE device")
+            raise t.fail("kind", f"serial emulators are meters, got {kind!r}")
+        protocol: str | None = t.choice("protocol", list(PROTOCOLS))
+        port = t.choice("port", ("pty", "tcp"), "pty")
+    else:
+        protocol = t.opt_text("protocol", allow_empty=True)
+        port = t.text("port", "pty", allow_empty=True)
+    address = t.opt_text("address", allow_empty=True)
+    if transport == "ble" and address is None:
+        raise t.fail("address", "required for a BLE device")
     return DeviceSpec(kind=kind, transport=transport,
-                      name=t.get("name", str, f"Virtual {kind}"), address=t.get("address", str),
-                      protocol=protocol, port=port, tcp_port=t.get("tcp_port", int, 0),
-                      e2e_crc=t.get("e2e_crc", bool, False), passkey=t.get("passkey", int),
-                      bonding=t.get("bonding", bool, True),
-                      faults=_faults(data.get("faults"), f"{where}.faults"))
+                      name=t.text("name", f"Virtual {kind}", allow_empty=True),
+                      address=address, protocol=protocol, port=port,
+                      tcp_port=t.integer("tcp_port", 0), e2e_crc=t.boolean("e2e_crc", False),
+                      passkey=t.opt_integer("passkey"), bonding=t.boolean("bonding", True),
+                      faults=_faults(t.table("faults")))
 
 
 def parse_fleet(data: Mapping[str, Any], source: str = "<fleet>") -> FleetConfig:
-    top = _Table(data, source, {"simulation", "patient"})
-    sim = _Table(data.get("simulation", {}), f"{source}: simulation",
-                 {"history_days", "live_days", "speed", "seed"})
-    history = sim.get("history_days", int, 2)
-    live = sim.get("live_days", int, 1)
-    speed = sim.get("speed", float, 1.0)
+    """Check a parsed fleet file; every error names ``source`` and the key."""
+    top = TomlTable(data, wording=_Wording(), error=lambda key, message: FleetConfigError(
+        f"{source}: {key}: {message}" if key else f"{source}: {message}"))
+    top.refuse_unknown({"simulation", "patient"})
+    sim = top.table("simulation")
+    sim.refuse_unknown({"history_days", "live_days", "speed", "seed"})
+    history = sim.integer("history_days", 2)
+    live = sim.integer("live_days", 1)
+    speed = sim.number("speed", 1.0)
     if history < 0 or live < 0 or history + live < 1:
         raise FleetConfigError(f"{source}: simulation.history_days + live_days must be >= 1")
     if not 0 < speed <= 100_000:
         raise FleetConfigError(f"{source}: simulation.speed must be in (0, 100000]")
     patients = []
-    for i, raw in enumerate(top.get("patient", list, [])):
-        where = f"{source}: patient[{i}]"
-        if not isinstance(raw, dict):
-            raise FleetConfigError(f"{where}: expected a table")
-        pt = _Table(raw, where, {"name", "scenario", "device"})
-        devices = tuple(_device(d, f"{where}.device[{j}]")
-                        for j, d in enumerate(pt.get("device", list, [])))
+    for pt in top.tables("patient"):
+        pt.refuse_unknown({"name", "scenario", "device"})
+        devices = tuple(_device(d) for d in pt.tables("device"))
         if not devices:
-            raise FleetConfigError(f"{where}.device: a patient needs at least one device")
-        patients.append(PatientSpec(pt.get("name", str, required=True),
-                                    pt.get("scenario", str, "three-meals"), devices))
+            raise pt.fail("device", "a patient needs at least one device")
+        patients.append(PatientSpec(pt.text("name", allow_empty=True),
+                                    pt.text("scenario", "three-meals", allow_empty=True),
+                                    devices))
     if not patients:
         raise FleetConfigError(f"{source}: no [[patient]] entries")
     addresses = [d.address for p in patients for d in p.devices if d.address]
     if len(addresses) != len(set(addresses)):
         raise FleetConfigError(f"{source}: BLE addresses must be unique")
-    return FleetConfig(tuple(patients), history, live, speed, sim.get("seed", int, 0))
+    return FleetConfig(tuple(patients), history, live, speed, sim.integer("seed", 0))
 
 
 def load_fleet(path: Path) -> FleetConfig:

@@ -15,16 +15,16 @@ tree this package was loaded from (the project is installed from its checkout, e
 from __future__ import annotations
 
 import datetime as dt
-import math
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, Literal
 
 import numpy as np
 
+from bridge.tomlconfig import Bounds, TomlTable, Wording
 from simulators.device_clock import (
     DEFAULT_TIMEZONE,
     ClockEventSpec,
@@ -266,90 +266,44 @@ def load_scenario(name_or_path: str | Path) -> Scenario:
     return parse_scenario(data, source=source, default_name=path.stem)
 
 
-class _Table:
-    """A TOML table read key by key; unknown keys are errors (typos must not pass silently)."""
+class _Wording(Wording):
+    """The scenario files' established wording (``must be ≥ 0, got -1``)."""
 
-    def __init__(self, data: Any, path: str, source: str) -> None:
-        self.path = path
-        self.source = source
-        if not isinstance(data, Mapping):
-            self.fail("", f"expected a table, got {_describe(data)}")
-        self.data: Mapping[str, Any] = data
-        self.used: set[str] = set()
+    names: Mapping[str, str] = {**Wording.names, "integer": "a whole number",
+                                "date": "a date YYYY-MM-DD"}
 
-    def key(self, key: str) -> str:
-        return f"{self.path}.{key}" if self.path and key else (self.path or key)
+    def describe(self, value: Any) -> str:
+        return _describe(value)
 
-    def fail(self, key: str, message: str) -> NoReturn:
-        raise ScenarioError(message, source=self.source, key=self.key(key))
+    def choice_type(self, choices: Sequence[str]) -> str:
+        return self.names["string"]
 
-    def _get(self, key: str) -> Any:
-        self.used.add(key)
-        return self.data.get(key)
+    def not_a_choice(self, choices: Sequence[str], value: str) -> str:
+        return f"expected one of {', '.join(map(repr, choices))}, got {value!r}"
 
-    def number(self, key: str, default: float, *, lo: float | None = None,
-               hi: float | None = None, lo_open: bool = False) -> float:
-        value = self._get(key)
-        if value is None:
-            return default
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(
-                value):
-            self.fail(key, f"expected a number, got {_describe(value)}")
-        v = float(value)
-        if lo is not None and (v < lo or (lo_open and v == lo)):
-            self.fail(key, f"must be {'>' if lo_open else '≥'} {lo:g}, got {v:g}")
-        if hi is not None and v > hi:
-            self.fail(key, f"must be ≤ {hi:g}, got {v:g}")
-        return v
+    def out_of_range(self, kind: Literal["integer", "number"], value: float,
+                     bounds: Bounds) -> str:
+        shown = f"{value:g}" if kind == "number" else f"{value}"
+        if bounds.too_low(value):
+            lo = f"{bounds.lo:g}" if kind == "number" else f"{bounds.lo}"
+            return f"must be {'>' if bounds.lo_open else '≥'} {lo}, got {shown}"
+        hi = f"{bounds.hi:g}" if kind == "number" else f"{bounds.hi}"
+        return f"must be ≤ {hi}, got {shown}"
 
-    def optional_number(self, key: str, *, lo: float | None = None,
-                        hi: float | None = None) -> float | None:
-        if self.data.get(key) is None:
-            self.used.add(key)
-            return None
-        return self.number(key, 0.0, lo=lo, hi=hi)
+    def unknown_keys(self, table_key: str, unknown: Sequence[str],
+                     known: Iterable[str]) -> tuple[str, str]:
+        key = f"{table_key}.{unknown[0]}" if table_key else unknown[0]
+        return key, "unknown key"
 
-    def integer(self, key: str, default: int, *, lo: int | None = None,
-                hi: int | None = None) -> int:
-        value = self._get(key)
-        if value is None:
-            return default
-        if isinstance(value, bool) or not isinstance(value, int):
-            self.fail(key, f"expected a whole number, got {_describe(value)}")
-        if lo is not None and value < lo:
-            self.fail(key, f"must be ≥ {lo}, got {value}")
-        if hi is not None and value > hi:
-            self.fail(key, f"must be ≤ {hi}, got {value}")
-        return value
 
-    def boolean(self, key: str, default: bool) -> bool:
-        value = self._get(key)
-        if value is None:
-            return default
-        if not isinstance(value, bool):
-            self.fail(key, f"expected true or false, got {_describe(value)}")
-        return value
-
-    def string(self, key: str, default: str) -> str:
-        value = self._get(key)
-        if value is None:
-            return default
-        if not isinstance(value, str):
-            self.fail(key, f"expected a string, got {_describe(value)}")
-        return value
-
-    def choice(self, key: str, default: str, choices: Iterable[str]) -> str:
-        options = list(choices)
-        value = self.string(key, default)
-        if value not in options:
-            self.fail(key, f"expected one of {', '.join(map(repr, options))}, got {value!r}")
-        return value
+class _Table(TomlTable):
+    """A scenario table: the shared reader plus the scenario's own kinds of value."""
 
     def time_of_day(self, key: str, default: int | None = None) -> int:
-        value = self._get(key)
+        value = self.raw(key)
         if value is None:
             if default is None:
-                self.fail(key, "missing (a local time of day such as \"07:30\")")
+                raise self.fail(key, "missing (a local time of day such as \"07:30\")")
             return default
         if isinstance(value, dt.time):
             return value.hour * 60 + value.minute
@@ -359,24 +313,11 @@ class _Table:
                 h, m = int(parts[0]), int(parts[1])
                 if 0 <= h < 24 and 0 <= m < 60:
                     return h * 60 + m
-        self.fail(key, f"expected a local time of day \"HH:MM\" (00:00…23:59), got "
-                       f"{_describe(value)}")
-
-    def date(self, key: str, default: dt.date) -> dt.date:
-        value = self._get(key)
-        if value is None:
-            return default
-        if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
-            return value
-        if isinstance(value, str):
-            try:
-                return dt.date.fromisoformat(value)
-            except ValueError:
-                pass
-        self.fail(key, f"expected a date YYYY-MM-DD, got {_describe(value)}")
+        raise self.fail(key, f"expected a local time of day \"HH:MM\" (00:00…23:59), got "
+                             f"{_describe(value)}")
 
     def local_datetime(self, key: str) -> dt.datetime | None:
-        value = self._get(key)
+        value = self.raw(key)
         if value is None:
             return None
         if isinstance(value, dt.datetime) and value.tzinfo is None:
@@ -388,36 +329,18 @@ class _Table:
                 parsed = None
             if parsed is not None and parsed.tzinfo is None:
                 return parsed
-        self.fail(key, f"expected a local date-time YYYY-MM-DDTHH:MM:SS without zone, got "
-                       f"{_describe(value)}")
+        raise self.fail(key, f"expected a local date-time YYYY-MM-DDTHH:MM:SS without zone, "
+                             f"got {_describe(value)}")
 
     def days(self, key: str) -> tuple[int, ...] | None:
-        value = self._get(key)
+        value = self.raw(key)
         if value is None:
             return None
         if not isinstance(value, list) or not all(
                 isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value):
-            self.fail(key, f"expected a list of day numbers (0 = first day), got "
-                           f"{_describe(value)}")
+            raise self.fail(key, f"expected a list of day numbers (0 = first day), got "
+                                 f"{_describe(value)}")
         return tuple(value)
-
-    def table(self, key: str) -> _Table:
-        value = self._get(key)
-        return _Table({} if value is None else value, self.key(key), self.source)
-
-    def tables(self, key: str) -> list[_Table]:
-        value = self._get(key)
-        if value is None:
-            return []
-        if not isinstance(value, list):
-            self.fail(key, f"expected an array of tables ([[{self.key(key)}]]), got "
-                           f"{_describe(value)}")
-        return [_Table(v, f"{self.key(key)}[{i}]", self.source) for i, v in enumerate(value)]
-
-    def finish(self) -> None:
-        for key in self.data:
-            if key not in self.used:
-                self.fail(key, "unknown key")
 
 
 def _describe(value: Any) -> str:
@@ -429,7 +352,7 @@ def _describe(value: Any) -> str:
 
 
 def _meal(t: _Table) -> Meal:
-    behaviour = BolusBehaviour(t.choice("bolus", "normal", [b.value for b in BolusBehaviour]))
+    behaviour = BolusBehaviour(t.choice("bolus", [b.value for b in BolusBehaviour], "normal"))
     default_delay = 30 if behaviour is BolusBehaviour.LATE else 0
     meal = Meal(
         minute_of_day=t.time_of_day("time"),
@@ -438,7 +361,7 @@ def _meal(t: _Table) -> Meal:
         bolus=behaviour,
         bolus_delay_min=t.integer("bolus_delay_min", default_delay, lo=0, hi=600),
         snack=t.boolean("snack", False),
-        name=t.string("name", ""),
+        name=t.text("name", "", allow_empty=True),
         days=t.days("days"),
     )
     t.finish()
@@ -463,7 +386,7 @@ def _generator(g: _Table) -> RandomDay:
     meals = []
     for t in g.tables("meal"):
         meals.append(MealDistribution(
-            name=t.string("name", ""),
+            name=t.text("name", "", allow_empty=True),
             time_mean_minute=t.time_of_day("time"),
             time_sd_min=t.number("time_sd_min", 30.0, lo=0, hi=300),
             carbs_mean_g=t.number("carbs_mean_g", 50.0, lo=0, hi=500),
@@ -473,7 +396,7 @@ def _generator(g: _Table) -> RandomDay:
             probability=t.number("probability", 1.0, lo=0, hi=1),
             duration_min=t.integer("duration_min", 15, lo=1, hi=240)))
         if meals[-1].carbs_min_g > meals[-1].carbs_max_g:
-            t.fail("carbs_min_g", "must not exceed carbs_max_g")
+            raise t.fail("carbs_min_g", "must not exceed carbs_max_g")
         t.finish()
     s = g.table("snacks")
     snacks = SnackSettings(
@@ -485,9 +408,9 @@ def _generator(g: _Table) -> RandomDay:
         bolus_probability=s.number("bolus_probability", 0.3, lo=0, hi=1),
         duration_min=s.integer("duration_min", 5, lo=1, hi=120))
     if snacks.earliest_minute > snacks.latest_minute:
-        s.fail("earliest", "must not be later than latest")
+        raise s.fail("earliest", "must not be later than latest")
     if snacks.carbs_min_g > snacks.carbs_max_g:
-        s.fail("carbs_min_g", "must not exceed carbs_max_g")
+        raise s.fail("carbs_min_g", "must not exceed carbs_max_g")
     s.finish()
     b = g.table("bolus")
     habits = BolusHabits(
@@ -496,9 +419,9 @@ def _generator(g: _Table) -> RandomDay:
         late_min_delay_min=b.integer("late_min_delay_min", 15, lo=0, hi=600),
         late_max_delay_min=b.integer("late_max_delay_min", 60, lo=0, hi=600))
     if habits.skip_probability + habits.late_probability > 1:
-        b.fail("late_probability", "skip_probability + late_probability must not exceed 1")
+        raise b.fail("late_probability", "skip_probability + late_probability must not exceed 1")
     if habits.late_min_delay_min > habits.late_max_delay_min:
-        b.fail("late_min_delay_min", "must not exceed late_max_delay_min")
+        raise b.fail("late_min_delay_min", "must not exceed late_max_delay_min")
     b.finish()
     e = g.table("exercise")
     ex = ExerciseSettings(
@@ -510,9 +433,9 @@ def _generator(g: _Table) -> RandomDay:
         intensity_min=e.number("intensity_min", 0.3, lo=0, hi=1),
         intensity_max=e.number("intensity_max", 0.7, lo=0, hi=1))
     if ex.duration_min_min > ex.duration_max_min:
-        e.fail("duration_min_min", "must not exceed duration_max_min")
+        raise e.fail("duration_min_min", "must not exceed duration_max_min")
     if ex.intensity_min > ex.intensity_max:
-        e.fail("intensity_min", "must not exceed intensity_max")
+        raise e.fail("intensity_min", "must not exceed intensity_max")
     e.finish()
     g.finish()
     return RandomDay(tuple(meals), snacks, habits, ex)
@@ -525,10 +448,10 @@ def _therapy(t: _Table) -> TherapySettings:
         blocks.append(BasalBlock(b.time_of_day("start"), b.number("factor", 1.0, lo=0, hi=5)))
         b.finish()
     if blocks and len({b.minute_of_day for b in blocks}) != len(blocks):
-        t.fail("basal_profile", "two blocks start at the same time")
-    tbr = t.optional_number("exercise_temp_basal_percent", lo=0, hi=250)
+        raise t.fail("basal_profile", "two blocks start at the same time")
+    tbr = t.opt_number("exercise_temp_basal_percent", lo=0, hi=250)
     settings = TherapySettings(
-        mode=TherapyMode(t.choice("mode", d.mode.value, [m.value for m in TherapyMode])),
+        mode=TherapyMode(t.choice("mode", [m.value for m in TherapyMode], d.mode.value)),
         target_mg_dl=t.number("target_mg_dl", d.target_mg_dl, lo=70, hi=200),
         correction=t.boolean("correction", d.correction),
         correction_above_mg_dl=t.number("correction_above_mg_dl", d.correction_above_mg_dl,
@@ -553,7 +476,7 @@ def _therapy(t: _Table) -> TherapySettings:
 def _increment(t: _Table, key: str, default: float) -> float:
     value = t.number(key, default, lo=0.001, hi=10)
     if abs(round(value * 1000) - value * 1000) > 1e-6:
-        t.fail(key, f"must be a multiple of 0.001 U, got {value:g}")
+        raise t.fail(key, f"must be a multiple of 0.001 U, got {value:g}")
     return value
 
 
@@ -569,7 +492,7 @@ def _pump(t: _Table) -> PumpSettings:
         reservoir_capacity_u=t.number("reservoir_capacity_u", d.reservoir_capacity_u,
                                       lo=1, hi=3000),
         fill_u=t.number("fill_u", d.fill_u, lo=1, hi=3000),
-        initial_u=t.optional_number("initial_u", lo=0, hi=3000),
+        initial_u=t.opt_number("initial_u", lo=0, hi=3000),
         prime_u=t.number("prime_u", d.prime_u, lo=0, hi=50),
         low_reservoir_u=t.number("low_reservoir_u", d.low_reservoir_u, lo=0, hi=3000),
         refill_every_days=t.integer("refill_every_days", d.refill_every_days, lo=0, hi=60),
@@ -583,9 +506,9 @@ def _pump(t: _Table) -> PumpSettings:
         battery_replace_delay_min=t.integer("battery_replace_delay_min",
                                             d.battery_replace_delay_min, lo=1, hi=30 * 1440))
     if settings.fill_u > settings.reservoir_capacity_u:
-        t.fail("fill_u", "must not exceed reservoir_capacity_u")
+        raise t.fail("fill_u", "must not exceed reservoir_capacity_u")
     if settings.prime_u >= settings.fill_u:
-        t.fail("prime_u", "must be less than fill_u")
+        raise t.fail("prime_u", "must be less than fill_u")
     t.finish()
     return settings
 
@@ -602,7 +525,7 @@ def _cgm(t: _Table) -> CgmSettings:
     j.finish()
     interval = t.integer("interval_min", d.interval_min, lo=1, hi=5)
     if interval not in (1, 5):
-        t.fail("interval_min", f"must be 1 or 5, got {interval}")
+        raise t.fail("interval_min", f"must be 1 or 5, got {interval}")
     settings = CgmSettings(
         enabled=t.boolean("enabled", d.enabled),
         interval_min=interval,
@@ -617,7 +540,7 @@ def _cgm(t: _Table) -> CgmSettings:
         session_days=t.number("session_days", d.session_days, lo=0.5, hi=30),
         warmup_min=t.integer("warmup_min", d.warmup_min, lo=0, hi=24 * 60),
         changeover_min=t.integer("changeover_min", d.changeover_min, lo=0, hi=7 * 1440),
-        first_session=t.choice("first_session", d.first_session, ["random", "start"]),
+        first_session=t.choice("first_session", ["random", "start"], d.first_session),
         failure_per_session=t.number("failure_per_session", d.failure_per_session, lo=0, hi=1),
         dropouts_per_day=t.number("dropouts_per_day", d.dropouts_per_day, lo=0, hi=100),
         dropout_mean_min=t.number("dropout_mean_min", d.dropout_mean_min, lo=1, hi=24 * 60),
@@ -634,11 +557,11 @@ def _cgm(t: _Table) -> CgmSettings:
         range_low_mg_dl=t.number("range_low_mg_dl", d.range_low_mg_dl, lo=0, hi=200),
         range_high_mg_dl=t.number("range_high_mg_dl", d.range_high_mg_dl, lo=100, hi=1000))
     if settings.compression_min_duration_min > settings.compression_max_duration_min:
-        t.fail("compression_min_duration_min", "must not exceed compression_max_duration_min")
+        raise t.fail("compression_min_duration_min", "must not exceed compression_max_duration_min")
     if settings.session_days * 1440 <= settings.warmup_min:
-        t.fail("warmup_min", "must be shorter than the session")
+        raise t.fail("warmup_min", "must be shorter than the session")
     if settings.range_low_mg_dl >= settings.range_high_mg_dl:
-        t.fail("range_low_mg_dl", "must be below range_high_mg_dl")
+        raise t.fail("range_low_mg_dl", "must be below range_high_mg_dl")
     t.finish()
     return settings
 
@@ -647,7 +570,7 @@ def _meter(t: _Table) -> MeterSettings:
     d = MeterSettings()
     df = t.number("tail_df", d.tail_df, lo=0, hi=1000)
     if 0 < df <= 2:
-        t.fail("tail_df", f"must be 0 (Gaussian) or greater than 2, got {df:g}")
+        raise t.fail("tail_df", f"must be 0 (Gaussian) or greater than 2, got {df:g}")
     settings = MeterSettings(
         enabled=t.boolean("enabled", d.enabled),
         cv_percent=t.number("cv_percent", d.cv_percent, lo=0, hi=50),
@@ -678,18 +601,18 @@ def _meter(t: _Table) -> MeterSettings:
 
 def _clock(t: _Table) -> ClockSettings:
     d = ClockSettings()
-    zone = t.string("timezone", "") or None
+    zone = t.text("timezone", "", allow_empty=True) or None
     if zone is not None:
         _check_zone(t, "timezone", zone)
     events = []
     for e in t.tables("event"):
-        device = e.choice("device", "all", ["all", "pump", "cgm", "meter"])
+        device = e.choice("device", ["all", "pump", "cgm", "meter"], "all")
         day = e.integer("day", 0, lo=0)
         minute = e.time_of_day("time")
-        jump = e.optional_number("jump_s", lo=-10 * 365 * 86400, hi=10 * 365 * 86400)
+        jump = e.opt_number("jump_s", lo=-10 * 365 * 86400, hi=10 * 365 * 86400)
         reset = e.local_datetime("reset_to")
         if (jump is None) == (reset is None):
-            e.fail("jump_s", "give exactly one of jump_s and reset_to")
+            raise e.fail("jump_s", "give exactly one of jump_s and reset_to")
         events.append(ClockEventSpec(device, day, minute, jump, reset))
         e.finish()
     settings = ClockSettings(
@@ -707,17 +630,18 @@ def _check_zone(t: _Table, key: str, zone: str) -> None:
     try:
         resolve_timezone(zone)
     except DeviceClockError as exc:
-        t.fail(key, str(exc))
+        raise t.fail(key, str(exc)) from None
 
 
 def parse_scenario(data: Mapping[str, Any], *, source: str = "<memory>",
                    default_name: str = "scenario") -> Scenario:
     """Build a :class:`Scenario` from parsed TOML; errors name ``source`` and the key."""
-    top = _Table(data, "", source)
-    name = top.string("name", default_name)
-    description = top.string("description", "")
+    top = _Table(data, wording=_Wording(), error=lambda key, message: ScenarioError(
+        message, source=source, key=key))
+    name = top.text("name", default_name, allow_empty=True)
+    description = top.text("description", "", allow_empty=True)
     start_date = top.date("start_date", dt.date(2027, 7, 1))
-    timezone = top.string("timezone", DEFAULT_TIMEZONE)
+    timezone = top.text("timezone", DEFAULT_TIMEZONE, allow_empty=True)
     _check_zone(top, "timezone", timezone)
     meals = tuple(_meal(t) for t in top.tables("meal"))
     exercise = tuple(_exercise(t) for t in top.tables("exercise"))
@@ -725,11 +649,11 @@ def parse_scenario(data: Mapping[str, Any], *, source: str = "<memory>",
     generator = None
     if "generator" in top.data:
         if meals or exercise:
-            top.fail("generator", "a scenario has either a [generator] or fixed [[meal]] / "
-                                  "[[exercise]] entries, not both")
+            raise top.fail("generator", "a scenario has either a [generator] or fixed "
+                                        "[[meal]] / [[exercise]] entries, not both")
         generator = _generator(top.table("generator"))
         if not generator.meals:
-            top.fail("generator.meal", "the generator needs at least one [[generator.meal]]")
+            raise top.fail("generator.meal", "the generator needs at least one [[generator.meal]]")
     scenario = Scenario(
         name=name, description=description, source=source, start_date=start_date,
         timezone=timezone, meals=meals, exercise=exercise, temp_basals=temp_basals,

@@ -11,23 +11,20 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import re
 import tomllib
 import zoneinfo
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar, cast
+from typing import Any, Literal, cast
 from urllib.parse import unquote, urlsplit
 
 from bridge.edge.clock import DEFAULT_NOT_BEFORE, ClockPolicy
 from bridge.edge.outbox import OutboxLimits
 from bridge.edge.uplink import TlsSettings, UplinkSettings
 from bridge.errors import BridgeError
+from bridge.tomlconfig import TomlTable
 
-T = TypeVar("T")
-
-_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 #: BLE GATT profiles the agent can run (``bridge.devices.ble.PROFILES``; kept here so that
 #: reading a configuration does not load the BLE stack; a test keeps the two equal).
 BLE_PROFILES = ("glucose", "cgm", "insulin-pump")
@@ -133,144 +130,13 @@ class AgentConfig:
         raise ConfigError(self.source, None, f"no device named {name!r} (configured: {known})")
 
 
-class _Table:
-    """One TOML table being read: typed getters that name the key path on every error."""
-
-    def __init__(self, source: str, where: str, data: Mapping[str, Any]) -> None:
-        self.source = source
-        self.where = where
-        self.data = data
-        self.used: set[str] = set()
-
-    def key(self, name: str) -> str:
-        return f"{self.where}.{name}" if self.where else name
-
-    def fail(self, name: str | None, message: str) -> ConfigError:
-        return ConfigError(self.source, self.key(name) if name else self.where or None, message)
-
-    def _get(self, name: str, types: type | tuple[type, ...], what: str,
-             required: bool) -> Any:
-        self.used.add(name)
-        if name not in self.data:
-            if required:
-                raise self.fail(name, f"missing; expected {what}")
-            return None
-        value = self.data[name]
-        if isinstance(value, bool) and bool not in (types if isinstance(types, tuple)
-                                                    else (types,)):
-            raise self.fail(name, f"expected {what}, got {value!r}")
-        if not isinstance(value, types):
-            raise self.fail(name, f"expected {what}, got {value!r}")
-        return value
-
-    def text(self, name: str, default: str | None = None, *, required: bool = False) -> str:
-        value = self._get(name, str, "a string", required)
-        if value is None:
-            return cast("str", default)
-        if not value:
-            raise self.fail(name, "must not be empty")
-        return cast("str", value)
-
-    def opt_text(self, name: str) -> str | None:
-        value = self._get(name, str, "a string", False)
-        if value is not None and not value:
-            raise self.fail(name, "must not be empty")
-        return cast("str | None", value)
-
-    def choice(self, name: str, choices: tuple[str, ...], default: str | None = None) -> str:
-        value = self._get(name, str, " or ".join(repr(c) for c in choices), default is None)
-        if value is None:
-            return cast("str", default)
-        if value not in choices:
-            expected = (" or ".join(repr(c) for c in choices) if len(choices) <= 2
-                        else "one of " + ", ".join(repr(c) for c in choices))
-            raise self.fail(name, f"expected {expected}, got {value!r}")
-        return cast("str", value)
-
-    def number(self, name: str, default: float, *, minimum: float = 0.0,
-               positive: bool = True) -> float:
-        value = self._get(name, (int, float), "a number", False)
-        if value is None:
-            return default
-        if (positive and value <= minimum) or value < minimum:
-            bound = f"> {minimum:g}" if positive else f">= {minimum:g}"
-            raise self.fail(name, f"expected a number {bound}, got {value!r}")
-        return float(value)
-
-    def integer(self, name: str, default: int | None, *, minimum: int = 1,
-                maximum: int | None = None) -> int | None:
-        value = self._get(name, int, "an integer", False)
-        if value is None:
-            return default
-        if value < minimum or (maximum is not None and value > maximum):
-            upper = f"..{maximum}" if maximum is not None else " or more"
-            raise self.fail(name, f"expected an integer {minimum}{upper}, got {value!r}")
-        return cast("int", value)
-
-    def boolean(self, name: str, default: bool) -> bool:
-        value = self._get(name, bool, "true or false", False)
-        return default if value is None else cast("bool", value)
-
-    def date(self, name: str) -> dt.date | None:
-        value = self._get(name, (dt.date, str), "a date (YYYY-MM-DD)", False)
-        if value is None:
-            return None
-        if isinstance(value, dt.datetime):
-            return value.date()
-        if isinstance(value, dt.date):
-            return value
-        try:
-            return dt.date.fromisoformat(value)
-        except ValueError:
-            raise self.fail(name, f"expected a date (YYYY-MM-DD), got {value!r}") from None
-
-    def zone(self, name: str, default: str) -> str:
-        value = self.text(name, default)
-        try:
-            zoneinfo.ZoneInfo(value)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-            raise self.fail(name, f"unknown time zone {value!r} (use an IANA name such as "
-                                  "'Europe/Berlin')") from None
-        return value
-
-    def ident(self, name: str, default: str | None = None) -> str:
-        value = self.text(name, default, required=default is None)
-        if not _ID.match(value):
-            raise self.fail(name, f"expected 1-64 of [A-Za-z0-9._-], got {value!r}")
-        return value
-
-    def path(self, name: str, base: Path, default: str | None = None) -> Path | None:
-        value = self.opt_text(name) if default is None else self.text(name, default)
-        if value is None:
-            return None
-        p = Path(value).expanduser()
-        return p if p.is_absolute() else base / p
-
-    def table(self, name: str, *, required: bool = False) -> _Table:
-        value = self._get(name, dict, "a table", required)
-        return _Table(self.source, self.key(name), value or {})
-
-    def tables(self, name: str) -> list[_Table]:
-        value = self._get(name, list, "an array of tables ([[devices]])", False) or []
-        out = []
-        for i, item in enumerate(value):
-            path = f"{self.key(name)}[{i}]"
-            if not isinstance(item, dict):
-                raise ConfigError(self.source, path, f"expected a table, got {item!r}")
-            out.append(_Table(self.source, path, item))
-        return out
-
-    def finish(self) -> None:
-        """Refuse keys nobody read: a misspelt key must not be silently ignored."""
-        unknown = sorted(set(self.data) - self.used)
-        if unknown:
-            raise self.fail(unknown[0], "unknown key" + (
-                f" (also unknown: {', '.join(unknown[1:])})" if len(unknown) > 1 else ""))
+def _error_factory(source: str) -> Callable[[str, str], ConfigError]:
+    return lambda key, message: ConfigError(source, key or None, message)
 
 
-def _broker(t: _Table, base: Path, gateway_id: str,
+def _broker(t: TomlTable, base: Path, gateway_id: str,
             check_files: bool) -> tuple[UplinkSettings, str]:
-    url = t.text("url", required=True)
+    url = t.text("url")
     parts = urlsplit(url)
     if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
         raise t.fail("url", f"expected mqtt://HOST[:PORT] or mqtts://HOST[:PORT], got {url!r}")
@@ -310,20 +176,20 @@ def _broker(t: _Table, base: Path, gateway_id: str,
         client_id=t.ident("client_id", f"hddt-{gateway_id}"),
         protocol=cast("Literal['3.1.1', '5']", t.choice("protocol", ("3.1.1", "5"), "5")),
         tls=tls, username=username, password=password,
-        keepalive_s=cast("int", t.integer("keepalive_s", 60, minimum=5, maximum=65535)),
-        connect_timeout_s=t.number("connect_timeout_s", 10.0),
-        publish_timeout_s=t.number("publish_timeout_s", 10.0),
-        reconnect_min_s=t.number("reconnect_min_s", 1.0),
-        reconnect_max_s=t.number("reconnect_max_s", 60.0),
-        batch_size=cast("int", t.integer("batch_size", 100, maximum=10_000)),
-        idle_poll_s=t.number("idle_poll_s", 5.0))
+        keepalive_s=t.integer("keepalive_s", 60, lo=5, hi=65535),
+        connect_timeout_s=t.positive("connect_timeout_s", 10.0),
+        publish_timeout_s=t.positive("publish_timeout_s", 10.0),
+        reconnect_min_s=t.positive("reconnect_min_s", 1.0),
+        reconnect_max_s=t.positive("reconnect_max_s", 60.0),
+        batch_size=t.integer("batch_size", 100, lo=1, hi=10_000),
+        idle_poll_s=t.positive("idle_poll_s", 5.0))
     if settings.reconnect_max_s < settings.reconnect_min_s:
         raise t.fail("reconnect_max_s", "must be at least reconnect_min_s")
     t.finish()
     return settings, url
 
 
-def _device(t: _Table, default_zone: str, names: set[str]) -> DeviceConfig:
+def _device(t: TomlTable, default_zone: str, names: set[str]) -> DeviceConfig:
     name = t.ident("name")
     if name in names:
         raise t.fail("name", f"duplicate device name {name!r}")
@@ -332,7 +198,7 @@ def _device(t: _Table, default_zone: str, names: set[str]) -> DeviceConfig:
     kwargs: dict[str, Any] = {}
     if transport == "ble":
         kwargs["profile"] = t.choice("profile", BLE_PROFILES)
-        kwargs["address"] = t.text("address", required=True)
+        kwargs["address"] = t.text("address")
         backend = t.choice("backend", BLE_BACKENDS, "bleak")
         kwargs["backend"] = backend
         kwargs["bumble_transport"] = t.opt_text("bumble_transport")
@@ -340,33 +206,31 @@ def _device(t: _Table, default_zone: str, names: set[str]) -> DeviceConfig:
             raise t.fail("bumble_transport", "missing; the bumble backend needs an HCI "
                                              "transport such as 'usb:0' or "
                                              "'tcp-client:127.0.0.1:9101'")
-        passkey = t.integer("passkey", None, minimum=0, maximum=999_999)
-        kwargs["passkey"] = passkey
+        kwargs["passkey"] = t.opt_integer("passkey", lo=0, hi=999_999)
         for other in ("protocol", "port"):
-            if other in t.data:
+            if other in t:
                 raise t.fail(other, "applies to serial devices only")
     else:
         kwargs["protocol"] = t.choice("protocol", SERIAL_PROTOCOLS)
-        kwargs["port"] = t.text("port", required=True)
+        kwargs["port"] = t.text("port")
         for other in ("profile", "address", "backend", "bumble_transport", "passkey"):
-            if other in t.data:
+            if other in t:
                 raise t.fail(other, "applies to BLE devices only")
     options = t.table("options")
     for own in ("timeout_s", "allow_time_write", "passkey"):
-        if own in options.data:
+        if own in options:
             raise options.fail(own, f"set {t.key(own)} instead")
-    options.used.update(options.data)
-    kwargs["options"] = dict(options.data)
-    poll = t.number("poll_interval_s", 300.0)
-    retry_min = t.number("retry_min_s", 5.0)
-    retry_max = t.number("retry_max_s", 600.0)
+    kwargs["options"] = options.remaining()
+    poll = t.positive("poll_interval_s", 300.0)
+    retry_min = t.positive("retry_min_s", 5.0)
+    retry_max = t.positive("retry_max_s", 600.0)
     if retry_max < retry_min:
         raise t.fail("retry_max_s", "must be at least retry_min_s")
     device = DeviceConfig(
         name=name, transport=cast("Literal['ble', 'serial']", transport),
         timezone=t.zone("timezone", default_zone), poll_interval_s=poll,
-        timeout_s=t.number("timeout_s", 0.0) or None,
-        sync_timeout_s=t.number("sync_timeout_s", 600.0), retry_min_s=retry_min,
+        timeout_s=t.opt_number("timeout_s", lo=0.0, lo_open=True),
+        sync_timeout_s=t.positive("sync_timeout_s", 600.0), retry_min_s=retry_min,
         retry_max_s=retry_max,
         allow_time_write=t.boolean("allow_time_write", False),
         not_before=t.date("not_before"), enabled=t.boolean("enabled", True), **kwargs)
@@ -379,41 +243,40 @@ def parse_config(data: Mapping[str, Any], source: str = "<config>",
     """Validate a parsed TOML document; ``base`` resolves relative paths (default: cwd).
     ``check_files=False`` skips checking that certificate files exist (for a config that
     is checked on one machine and used on another)."""
-    root = _Table(source, "", data)
+    root = TomlTable(data, error=_error_factory(source))
     base = base or Path.cwd()
     agent = root.table("agent", required=True)
     gateway_id = agent.ident("gateway_id")
     zone = agent.zone("timezone", DEFAULT_TIMEZONE)
-    status_interval = agent.number("status_interval_s", 60.0)
+    status_interval = agent.positive("status_interval_s", 60.0)
     agent.finish()
 
     broker, url = _broker(root.table("broker", required=True), base, gateway_id, check_files)
 
     ob = root.table("outbox")
     outbox_path = ob.path("path", base, "outbox.sqlite")
-    ttl = dt.timedelta(days=ob.number("ttl_days", 30.0))
-    retention = dt.timedelta(days=ob.number("key_retention_days", 90.0))
+    ttl = dt.timedelta(days=ob.positive("ttl_days", 30.0))
+    retention = dt.timedelta(days=ob.positive("key_retention_days", 90.0))
     if retention < ttl:
         raise ob.fail("key_retention_days", "must be at least ttl_days (a key must outlive "
                                             "its queued record)")
     limits = OutboxLimits(
-        max_rows=cast("int", ob.integer("max_rows", 100_000)),
-        max_bytes=cast("int", ob.integer("max_bytes", 64 * 1024 * 1024, minimum=1024)),
+        max_rows=ob.integer("max_rows", 100_000, lo=1),
+        max_bytes=ob.integer("max_bytes", 64 * 1024 * 1024, lo=1024),
         ttl=ttl, key_retention=retention)
     ob.finish()
 
     ck = root.table("clock")
     clock = ClockConfig(
-        tolerance_s=ck.number("tolerance_s", 120.0, positive=False),
-        future_tolerance_s=ck.number("future_tolerance_s", 300.0, positive=False),
-        jump_threshold_s=ck.number("jump_threshold_s", 300.0, positive=False),
-        not_before=ck.date("not_before") or _DEFAULT_NOT_BEFORE_DATE)
+        tolerance_s=ck.number("tolerance_s", 120.0, lo=0),
+        future_tolerance_s=ck.number("future_tolerance_s", 300.0, lo=0),
+        jump_threshold_s=ck.number("jump_threshold_s", 300.0, lo=0),
+        not_before=ck.date("not_before", _DEFAULT_NOT_BEFORE_DATE))
     ck.finish()
 
     names: set[str] = set()
     devices = tuple(_device(t, zone, names) for t in root.tables("devices"))
     root.finish()
-    assert outbox_path is not None
     return AgentConfig(source=source, gateway_id=gateway_id, timezone=zone, broker=broker,
                        broker_url=url, outbox_path=outbox_path, outbox_limits=limits,
                        clock=clock, devices=devices, status_interval_s=status_interval)
