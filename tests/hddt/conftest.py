@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import functools
+import typing
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,7 +90,8 @@ def simulated(name: str = "adult#001", days: int = 2, seed: int = 5) -> Simulate
     return SimulatedPatient(
         start=result.start, end=result.start + dt.timedelta(days=days),
         devices={log.info.device_id: log.info for log in logs},
-        records={log.info.device_id: tuple(log.records) for log in logs})
+        records={log.info.device_id: tuple(typing.cast(list[AnyRecord], log.records))
+                 for log in logs})
 
 
 def provision(store: Store, patient: str, gateway: str) -> None:

@@ -4,6 +4,7 @@ every search parameter, includes, paging, both formats, scopes and the patient's
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -111,7 +112,7 @@ def test_date_prefixes_on_meter_readings(fhir: Fhir, prefix: str) -> None:
     day = readings[0].time.date()
     lo = dt.datetime.combine(day, dt.time(), dt.UTC)
     hi = lo + dt.timedelta(days=1)
-    expected = {
+    expected: Callable[[dt.datetime], bool] = {
         "eq": lambda t: lo <= t < hi, "ne": lambda t: not lo <= t < hi,
         "gt": lambda t: t >= hi, "sa": lambda t: t >= hi, "lt": lambda t: t < lo,
         "eb": lambda t: t < lo, "ge": lambda t: t >= lo, "le": lambda t: t < hi,
@@ -242,16 +243,17 @@ def test_read_each_kind_and_not_known(fhir: Fhir) -> None:
 
 
 def test_xml_by_format_parameter_and_accept(fhir: Fhir) -> None:
+    kwargs: dict[str, Any]
     for kwargs in ({"params": {"_format": "xml"}},
                    {"headers": {"Accept": "application/fhir+xml"}},
                    {"headers": {"Accept": "text/html;q=0.9, application/xml;q=0.8"}}):
-        r = fhir.get("/Observation?_count=5&_include=Observation:device", **kwargs)
+        r = fhir.get("/Observation?_count=5&_include=Observation:device", "t-all", **kwargs)
         assert r.status_code == 200, r.text
         assert r.headers["content-type"].startswith("application/fhir+xml")
-        model = get_fhir_model_class("Bundle").model_validate_xml(r.content)
+        model: Any = get_fhir_model_class("Bundle").model_validate_xml(r.content)
         assert model.type == "searchset" and len(model.entry or []) >= 5
     r = fhir.get("/Observation/bg-1", params={"_format": "application/fhir+xml"})
-    parsed = get_fhir_model_class("Observation").model_validate_xml(r.content)
+    parsed: Any = get_fhir_model_class("Observation").model_validate_xml(r.content)
     assert parsed.id == "bg-1"
 
 

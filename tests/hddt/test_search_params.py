@@ -13,8 +13,9 @@ from bridge.hddt.outcome import FhirError
 UTC = dt.UTC
 
 
-def d(*args: int) -> dt.datetime:
-    return dt.datetime(*args, tzinfo=UTC)
+def d(year: int, month: int, day: int, hour: int = 0, minute: int = 0,  # noqa: PLR0917
+      second: int = 0, micro: int = 0) -> dt.datetime:
+    return dt.datetime(year, month, day, hour, minute, second, micro, tzinfo=UTC)
 
 
 @pytest.mark.parametrize(("text", "lo", "hi"), [
