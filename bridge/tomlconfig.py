@@ -135,7 +135,8 @@ class TomlTable:
         self._data = data
         self._error = error
         self._wording = wording or Wording()
-        self._used: set[str] = set()
+        #: Keys read so far; :meth:`finish` refuses the others.
+        self.used: set[str] = set()
 
     # --- structure ---------------------------------------------------------------------
 
@@ -159,7 +160,7 @@ class TomlTable:
         return type(self)(data, error=self._error, where=where, wording=self._wording)
 
     def _typed(self, name: str, types: tuple[type, ...], what: str, required: bool) -> Any:
-        self._used.add(name)
+        self.used.add(name)
         if name not in self._data:
             if required:
                 raise self.fail(name, self._wording.missing(what))
@@ -171,13 +172,13 @@ class TomlTable:
 
     def raw(self, name: str) -> Any:
         """The value of ``name`` unchecked (``None`` if absent), for a module's own types."""
-        self._used.add(name)
+        self.used.add(name)
         return self._data.get(name)
 
     def remaining(self) -> dict[str, Any]:
         """Every key not read yet, marked as read (for pass-through option tables)."""
-        rest = {k: v for k, v in self._data.items() if k not in self._used}
-        self._used.update(rest)
+        rest = {k: v for k, v in self._data.items() if k not in self.used}
+        self.used.update(rest)
         return rest
 
     def table(self: _Self, name: str, *, required: bool = False) -> _Self:
@@ -212,7 +213,7 @@ class TomlTable:
 
     def finish(self) -> None:
         """Refuse keys nobody read: a misspelt key must not be silently ignored."""
-        self.refuse_unknown(self._used)
+        self.refuse_unknown(self.used)
 
     # --- scalars -----------------------------------------------------------------------
 
@@ -229,7 +230,7 @@ class TomlTable:
     def opt_text(self, name: str, *, allow_empty: bool = False) -> str | None:
         """A string, ``None`` if absent."""
         if name not in self._data:
-            self._used.add(name)
+            self.used.add(name)
             return None
         return self.text(name, "", allow_empty=allow_empty)
 
@@ -298,7 +299,7 @@ class TomlTable:
     def date(self, name: str, default: dt.date | None = None) -> dt.date | None:
         """A calendar date: a TOML local date or a ``YYYY-MM-DD`` string (not a date-time,
         whose time of day would be silently dropped)."""
-        self._used.add(name)
+        self.used.add(name)
         if name not in self._data:
             return default
         value = self._data[name]

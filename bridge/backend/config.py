@@ -19,6 +19,7 @@ from urllib.parse import quote, unquote, urlsplit
 from bridge.backend.store import MIN_RETENTION_DAYS
 from bridge.errors import BridgeError
 from bridge.messages import MAX_PAYLOAD_BYTES, check_id
+from bridge.tomlconfig import Bounds, TomlTable, Wording
 
 
 class ConfigError(BridgeError):
@@ -96,78 +97,70 @@ class BackendConfig:
         return replace(self, broker=replace(self.broker, client_id=client_id))
 
 
-class _Table:
-    """One TOML table being read; every error names the key's dotted path."""
+class _Wording(Wording):
+    """This file's wording for integers: ``expected at least 30 (…), got 7``."""
 
-    def __init__(self, source: str, where: str, data: Mapping[str, Any]) -> None:
-        self.source, self.where, self.data = source, where, data
-        self.used: set[str] = set()
+    def out_of_range(self, kind: Literal["integer", "number"], value: float,
+                     bounds: Bounds) -> str:
+        if kind == "number":
+            return super().out_of_range(kind, value, bounds)
+        if bounds.too_low(value):
+            return f"expected at least {bounds.lo}{bounds.why}, got {value!r}"
+        return f"expected at most {bounds.hi}, got {value!r}"
+
+
+class _Table:
+    """One TOML table being read through :class:`~bridge.tomlconfig.TomlTable`, with the
+    signatures this module's schema (and :mod:`bridge.auth.config`) call."""
+
+    def __init__(self, source: str, where: str, data: Mapping[str, Any], *,
+                 reader: TomlTable | None = None) -> None:
+        self.source, self.where = source, where
+        self._t = reader or TomlTable(
+            data, where=where, wording=_Wording(),
+            error=lambda key, message: ConfigError(source, key or None, message))
+
+    @property
+    def data(self) -> Mapping[str, Any]:
+        return self._t.data
+
+    @property
+    def used(self) -> set[str]:
+        return self._t.used
 
     def key(self, name: str) -> str:
-        return f"{self.where}.{name}" if self.where else name
+        return self._t.key(name)
 
     def fail(self, name: str, message: str) -> ConfigError:
-        return ConfigError(self.source, self.key(name), message)
-
-    def _get(self, name: str, types: tuple[type, ...], what: str, required: bool) -> Any:
-        self.used.add(name)
-        if name not in self.data:
-            if required:
-                raise self.fail(name, f"missing; expected {what}")
-            return None
-        value = self.data[name]
-        if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
-            raise self.fail(name, f"expected {what}, got {value!r}")
-        return value
+        return cast("ConfigError", self._t.fail(name, message))
 
     def text(self, name: str, default: str | None = None, *, required: bool = False,
              allow_empty: bool = False) -> str | None:
-        value = self._get(name, (str,), "a string", required)
-        if value is None:
-            return default
-        if not value and not allow_empty:
-            raise self.fail(name, "must not be empty")
-        return cast("str", value)
+        if required:
+            return self._t.text(name, allow_empty=allow_empty)
+        if default is None:
+            return self._t.opt_text(name, allow_empty=allow_empty)
+        return self._t.text(name, default, allow_empty=allow_empty)
 
     def integer(self, name: str, default: int, *, minimum: int,
                 maximum: int | None = None, why: str = "") -> int:
-        value = self._get(name, (int,), "an integer", False)
-        if value is None:
-            return default
-        if value < minimum:
-            raise self.fail(name, f"expected at least {minimum}{why}, got {value!r}")
-        if maximum is not None and value > maximum:
-            raise self.fail(name, f"expected at most {maximum}, got {value!r}")
-        return cast("int", value)
+        return self._t.integer(name, default, lo=minimum, hi=maximum, why=why)
 
     def number(self, name: str, default: float, *, minimum: float = 0.0) -> float:
-        value = self._get(name, (int, float), "a number", False)
-        if value is None:
-            return default
-        if not value > minimum:
-            raise self.fail(name, f"expected a number > {minimum:g}, got {value!r}")
-        return float(value)
+        return self._t.number(name, default, lo=minimum, lo_open=True)
 
     def boolean(self, name: str, default: bool) -> bool:
-        value = self._get(name, (bool,), "true or false", False)
-        return default if value is None else cast("bool", value)
+        return self._t.boolean(name, default)
 
     def path(self, name: str, base: Path) -> Path | None:
-        value = self.text(name)
-        if value is None:
-            return None
-        p = Path(value).expanduser()
-        return p if p.is_absolute() else base / p
+        return self._t.path(name, base)
 
     def table(self, name: str, *, required: bool = False) -> _Table:
-        value = self._get(name, (dict,), "a table", required)
-        return _Table(self.source, self.key(name), value or {})
+        child = self._t.table(name, required=required)
+        return _Table(self.source, child.where, child.data, reader=child)
 
     def finish(self) -> None:
-        unknown = sorted(set(self.data) - self.used)
-        if unknown:
-            more = f" (also unknown: {', '.join(unknown[1:])})" if len(unknown) > 1 else ""
-            raise self.fail(unknown[0], "unknown key" + more)
+        self._t.finish()
 
 
 def _read_secret(t: _Table, name: str, base: Path) -> str | None:
