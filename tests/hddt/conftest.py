@@ -10,6 +10,7 @@ test controls.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import functools
 import typing
@@ -198,6 +199,7 @@ def outcomes(bundle: dict[str, Any]) -> list[dict[str, Any]]:
             for i in e["resource"]["issue"]]
 
 
+@contextlib.contextmanager
 def make_fhir(store: Store, now: dt.datetime, settings: HddtSettings | None = None,
               patient: SimulatedPatient | None = None) -> Iterator[Fhir]:
     clock = Clock(now)
@@ -255,7 +257,8 @@ def filled(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
 @pytest.fixture
 def fhir(filled: tuple[Store, SimulatedPatient]) -> Iterator[Fhir]:
     store, sim = filled
-    yield from make_fhir(store, sim.end + dt.timedelta(minutes=2), patient=sim)
+    with make_fhir(store, sim.end + dt.timedelta(minutes=2), patient=sim) as f:
+        yield f
 
 
 @pytest.fixture
