@@ -17,7 +17,7 @@ import zoneinfo
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar, overload
+from typing import Any, ClassVar, Literal, TypeVar, overload
 
 #: Builds the exception for a bad key: ``(dotted key or "" for the whole file, message)``.
 ErrorFactory = Callable[[str, str], Exception]
@@ -54,7 +54,7 @@ class Wording:
     """How a module phrases each kind of failure. The defaults are the bridge's wording
     (``expected an integer 1..10, got 0``); a module subclasses this to keep its own texts."""
 
-    names: Mapping[str, str] = {
+    names: ClassVar[Mapping[str, str]] = {
         "string": "a string", "integer": "an integer", "number": "a number",
         "boolean": "true or false", "table": "a table", "array": "an array",
         "date": "a date (YYYY-MM-DD)"}

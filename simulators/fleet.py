@@ -18,7 +18,7 @@ import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from bumble.controller import Controller
 from bumble.link import LocalLink
@@ -97,7 +97,7 @@ class FleetConfig:
 class _Wording(Wording):
     """The fleet files' established wording (``expected int, got str '2'``)."""
 
-    names: Mapping[str, str] = {"string": "str", "integer": "int", "number": "float",
+    names: ClassVar[Mapping[str, str]] = {"string": "str", "integer": "int", "number": "float",
                                 "boolean": "bool", "table": "a table", "array": "list",
                                 "date": "date"}
 

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
@@ -269,7 +269,7 @@ def load_scenario(name_or_path: str | Path) -> Scenario:
 class _Wording(Wording):
     """The scenario files' established wording (``must be ≥ 0, got -1``)."""
 
-    names: Mapping[str, str] = {**Wording.names, "integer": "a whole number",
+    names: ClassVar[Mapping[str, str]] = {**Wording.names, "integer": "a whole number",
                                 "date": "a date YYYY-MM-DD"}
 
     def describe(self, value: Any) -> str:
