@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.operationoutcome import OperationOutcome
+from hypothesis import given
+from hypothesis import strategies as st
 
 from bridge.hddt.errors import HddtError
 from bridge.hddt.profiles import check_resource
@@ -443,3 +445,28 @@ def test_broken_bundle_fails_the_checker() -> None:
     assert any("Bundle.entry[0].resource" in v for v in check_resource(bundle))
     bundle["entry"] = []
     assert any("Bundle.entry" in v and "1..*" in v for v in check_resource(bundle))
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner,
+                                                                 max_size=4),
+    max_leaves=12)
+parameter_entries = st.fixed_dictionaries(
+    {"name": st.sampled_from(["effectivePeriodStart", "effectivePeriodEnd", "related", "x"])},
+    optional={"valueDateTime": st.text(max_size=30) | st.sampled_from(
+        ["2025", "2025-13", "2025-02-29", "9999-12-31", "0000-01-01", "2025-01-01T24:00:00Z",
+         "2025-01-01T10:00:60+01:00"]),
+        "valueBoolean": json_values, "valueString": json_values})
+
+
+@given(st.one_of(json_values, st.fixed_dictionaries(
+    {"resourceType": st.just("Parameters"),
+     "parameter": st.lists(parameter_entries, max_size=4) | json_values})))
+def test_any_body_gives_a_request_or_a_parameter_error(body: Any) -> None:
+    try:
+        req = parse_summary_parameters(body, now=NOW)
+    except SummaryParameterError as exc:
+        OperationOutcome.model_validate(exc.operation_outcome())
+    else:
+        assert req.start < req.end <= NOW
