@@ -58,6 +58,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--redirected-to", metavar="URL",
                    help="finish a pairing started without a login: the URL the browser was "
                         "sent to after the consent (it carries code and state)")
+    p.add_argument("--prescription-end", metavar="YYYY-MM-DD",
+                   help="last day of the patient's prescription: the consent ends with it")
     p.add_argument("--par-param", action="append", default=[], metavar="NAME=VALUE",
                    help="an extra form parameter for the pushed authorization request")
     p.set_defaults(handler=_cmd_pair)
@@ -79,8 +81,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--days", type=float, default=1.0,
                    help="first poll reaches this many days back (default 1)")
     p.add_argument("--overlap", type=float, default=0.0, metavar="SECONDS",
-                   help="blood glucose: re-ask this much before the newest reading (the "
-                        "recorder's Delay-From-Real-Time); duplicates are dropped")
+                   help="re-ask this much before where the last poll stopped, for data "
+                        "the recorder receives late (its Delay-From-Real-Time); readings "
+                        "already delivered are dropped")
     p.add_argument("--format", choices=["table", "json", "none"], default="table",
                    help="how to print the new readings (default table)")
     p.add_argument("--plot", metavar="spark|FILE.svg",
@@ -217,6 +220,13 @@ def _cmd_pair(args: argparse.Namespace) -> int:
         if not sep or not key:
             raise DigaError(f"--par-param wants NAME=VALUE, not {item!r}")
         extra[key] = value
+    prescription_end = None
+    if args.prescription_end:
+        try:
+            prescription_end = dt.date.fromisoformat(args.prescription_end)
+        except ValueError:
+            raise DigaError(f"--prescription-end: not a date: {args.prescription_end!r}"
+                            ) from None
     with _client(args) as client:
         name = _name(args)
         if args.redirected_to:
@@ -232,14 +242,16 @@ def _cmd_pair(args: argparse.Namespace) -> int:
             login = PortalLogin(id=name, portal_username=args.username,
                                 portal_password=args.password)
         if login is None:
-            state = client.start_pairing(name, args.scope, extra=extra)
+            state = client.start_pairing(name, args.scope, prescription_end=prescription_end,
+                                         extra=extra)
             assert state.pending is not None
             print("Open this URL in the patient's browser, log in and consent:")
             print(f"  {state.pending.authorize_url}")
             print("The portal then sends the browser to the DiGA's redirect URI. Finish with:")
             print(f"  hddt-bridge diga pair --name {name} --redirected-to '<that URL>'")
             return 0
-        pending = client.start_pairing(name, args.scope, extra=extra).pending
+        pending = client.start_pairing(name, args.scope, prescription_end=prescription_end,
+                                       extra=extra).pending
         assert pending is not None
         redirected = client.consent_in_portal(pending.authorize_url, login,
                                               grant=args.grant, deny=args.deny)
@@ -311,7 +323,7 @@ def _poll(client: DigaClient, name: str, kind: str, start: dt.datetime,
         result.extend(client.fetch_blood_glucose(name, start, overlap))
     if kind in {"cgm", "all"} and (kind == "cgm" or observation_scope(MIV_CONTINUOUS_GLUCOSE)
                                    in granted):
-        result.extend(client.fetch_cgm(name, start))
+        result.extend(client.fetch_cgm(name, start, overlap))
     return result
 
 

@@ -28,9 +28,11 @@ client certificate.
 from __future__ import annotations
 
 import datetime as dt
+import email.utils
 import hmac
 import re
 import ssl
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,6 +84,9 @@ EXPIRY_MARGIN = dt.timedelta(seconds=30)
 MAX_PAGES = 1000
 #: At most this many redirects and forms on the way through the portal.
 MAX_PORTAL_STEPS = 12
+#: A throttled request (429/503 with Retry-After) is retried this often, if the wait is short.
+MAX_THROTTLED_RETRIES = 3
+MAX_RETRY_AFTER_S = 10.0
 #: FHIR logical id (FHIR R4 datatypes.html#id).
 _FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 
@@ -199,12 +204,14 @@ class DigaClient:
     # --- 2. pushed authorization request -------------------------------------------------
 
     def start_pairing(self, name: str, scopes: Iterable[str] | None = None, *,
+                      prescription_end: dt.date | None = None,
                       extra: Mapping[str, str] | None = None) -> PairingState:
         """Push the authorization request and keep what the redirect must match.
 
-        ``scopes`` defaults to the DiGA's registered scopes; ``extra`` adds further form
-        parameters the recorder documents for its PAR endpoint. Returns the pending pairing
-        whose ``pending.authorize_url`` the patient's browser opens.
+        ``scopes`` defaults to the DiGA's registered scopes. ``prescription_end`` declares
+        the last day of the prescription (this recorder's documented PAR extension: the
+        consent never outlives it); ``extra`` adds further documented form parameters.
+        Returns the pending pairing whose ``pending.authorize_url`` the browser opens.
         """
         meta = self.metadata()
         diga = self.connection.diga
@@ -217,6 +224,8 @@ class DigaClient:
             "code_challenge": s256_challenge(verifier), "code_challenge_method": "S256",
             **(extra or {}),
         }
+        if prescription_end is not None:
+            form["prescription_end"] = prescription_end.isoformat()
         body = self._oauth_post(meta.pushed_authorization_request_endpoint, form, "PAR")
         request_uri = body.get("request_uri")
         expires_in = body.get("expires_in")
@@ -245,14 +254,14 @@ class DigaClient:
 
     def pair_with_portal(self, name: str, login: PortalLogin, *,
                          grant: Iterable[str] | None = None, deny: bool = False,
-                         extra: Mapping[str, str] | None = None) -> PairingState:
+                         prescription_end: dt.date | None = None) -> PairingState:
         """Pair end to end as the patient would: PAR, login, consent, code exchange.
 
         ``grant`` names the scopes to tick on the consent page (default: every offered
         one); ``deny`` presses the decline button instead (the recorder then redirects with
         ``access_denied``).
         """
-        pending = self.start_pairing(name, extra=extra).pending
+        pending = self.start_pairing(name, prescription_end=prescription_end).pending
         assert pending is not None
         redirected_to = self.consent_in_portal(pending.authorize_url, login, grant=grant,
                                                deny=deny)
@@ -419,7 +428,8 @@ class DigaClient:
             self.store.save(state)
             return result
 
-    def fetch_cgm(self, name: str, start: dt.datetime) -> PollResult:
+    def fetch_cgm(self, name: str, start: dt.datetime,
+                  overlap: dt.timedelta = dt.timedelta(0)) -> PollResult:
         """New CGM samples since the last poll: re-read the open chunks by id, then search
         for newer chunks when the newest known one is final (``start`` on the first)."""
         with self.store.lock(name):
@@ -436,11 +446,11 @@ class DigaClient:
                     result.rejected.append(Rejected(chunk_id, f"no longer served "
                                                               f"({exc.status})"))
                     continue
-                result.extend(cursor.take([observation]))
+                result.extend(cursor.take([observation], searched=False, overlap=overlap))
             if cursor.needs_search(self.clock()):
                 params = {"code": code_parameter(CGM_CODES),
-                          "date": cursor.search_date(start), "_sort": "date"}
-                result.extend(cursor.take(self._search(state, params)))
+                          "date": cursor.search_date(start, overlap), "_sort": "date"}
+                result.extend(cursor.take(self._search(state, params), overlap=overlap))
             self.store.save(state)
             return result
 
@@ -537,10 +547,36 @@ class DigaClient:
         return body
 
     def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
-        try:
-            return self._http.request(method, url, **kwargs)
-        except httpx.HTTPError as exc:
-            raise DigaError(f"cannot reach {url}: {exc}") from None
+        for _ in range(MAX_THROTTLED_RETRIES + 1):
+            try:
+                response = self._http.request(method, url, **kwargs)
+            except httpx.HTTPError as exc:
+                raise DigaError(f"cannot reach {url}: {exc}") from None
+            if response.status_code not in {429, 503}:
+                return response
+            # error-codes.md: 429 (and 503) carry Retry-After; wait as told, briefly.
+            delay = _retry_after(response.headers.get("retry-after"))
+            if delay is None or delay > MAX_RETRY_AFTER_S:
+                return response
+            time.sleep(delay)
+        return response
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds of a ``Retry-After`` header (delta-seconds or an HTTP-date)."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return max(0.0, (when - dt.datetime.now(dt.UTC)).total_seconds())
 
 
 def _browser_send(browser: httpx.Client, method: str, url: str,

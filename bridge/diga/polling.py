@@ -280,8 +280,9 @@ class ChunkMark:
     start: dt.datetime
     end: dt.datetime
     status: str
-    #: "1" at each sample position already delivered, "0" elsewhere.
-    delivered: str = ""
+    #: Offsets from ``start`` (milliseconds) of the samples already delivered: by time, not
+    #: by position, so a chunk whose sample period the recorder re-derives stays exact.
+    delivered: set[int] = field(default_factory=set)
 
     @property
     def preliminary(self) -> bool:
@@ -291,13 +292,14 @@ class ChunkMark:
     def to_json(self) -> dict[str, Any]:
         """The mark as JSON."""
         return {"start": iso(self.start), "end": iso(self.end), "status": self.status,
-                "delivered": self.delivered}
+                "delivered": sorted(self.delivered)}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ChunkMark:
         """The mark stored by :meth:`to_json`."""
         return cls(start=parse_datetime(data["start"]), end=parse_datetime(data["end"]),
-                   status=str(data["status"]), delivered=str(data.get("delivered", "")))
+                   status=str(data["status"]),
+                   delivered={int(v) for v in data.get("delivered") or []})
 
 
 #: The date prefix of the search after a chunk turned final. The specification's pseudo code
@@ -327,34 +329,46 @@ class ContinuousCursor:
         marks = [self.chunks[cid] for cid in self.open_chunks()]
         return not marks or any(mark.end <= now for mark in marks)
 
-    def search_date(self, start: dt.datetime) -> str:
-        """The ``date`` search value for the next search (``start`` on the first one)."""
+    def search_date(self, start: dt.datetime,
+                    overlap: dt.timedelta = dt.timedelta(0)) -> str:
+        """The ``date`` search value for the next search (``start`` on the first one).
+
+        ``overlap`` reaches back before the boundary, for data the recorder receives late
+        into chunk cells it had not announced; chunks seen again are recognised by id."""
         if self.search_from is None:
             return f"ge{iso(start)}"
-        return f"{NEXT_CHUNK_PREFIX}{iso(self.search_from)}"
+        return f"{NEXT_CHUNK_PREFIX}{iso(self.search_from - overlap)}"
 
     def forget(self, chunk_id: str) -> None:
         """Stop following a chunk the recorder no longer serves (404/410: outside the
         historic data period)."""
         self.chunks.pop(chunk_id, None)
 
-    def take(self, observations: Sequence[Mapping[str, Any]]) -> PollResult:
-        """Deliver the samples of these chunks not delivered before; advance the cursor."""
+    def take(self, observations: Sequence[Mapping[str, Any]], *, searched: bool = True,
+             overlap: dt.timedelta = dt.timedelta(0)) -> PollResult:
+        """Deliver the samples of these chunks not delivered before; advance the cursor.
+
+        ``searched``: the chunks are a search's complete answer from the cursor's boundary
+        on, so the boundary may move to the newest final one. Chunks re-read by id say
+        nothing about the chunks between them and must not move it."""
         result = PollResult()
+        ends: list[dt.datetime] = []
         for observation in observations:
             code = loinc_code(observation)
             if code is None or code not in CGM_CODES:
                 continue
             oid = _observation_id(observation)
             self._take_chunk(observation, oid, code, result)
+            mark = self.chunks.get(oid)
+            if mark is not None and not mark.preliminary:
+                ends.append(mark.end)
         result.readings.sort(key=lambda r: (r.time, r.observation_id))
-        finals = [m.end for m in self.chunks.values() if not m.preliminary]
-        if finals:
-            newest = max(finals)
+        if searched and ends:
+            newest = max(ends)
             if self.search_from is None or newest > self.search_from:
                 self.search_from = newest
         if self.search_from is not None:
-            boundary = self.search_from
+            boundary = self.search_from - overlap
             # Final chunks before the boundary cannot come back from the next search.
             self.chunks = {cid: m for cid, m in self.chunks.items()
                            if m.preliminary or m.end >= boundary}
@@ -384,17 +398,15 @@ class ContinuousCursor:
         if sampled is None:
             # dataAbsentReason temp-unknown: nothing yet; the chunk stays preliminary.
             return
-        delivered = list(mark.delivered)
         readings, problem = _samples(sampled, start=start, code=code, oid=oid, status=status,
-                                     delivered=delivered)
+                                     delivered=mark.delivered)
         if problem:
             result.rejected.append(Rejected(oid, problem))
-        mark.delivered = "".join(delivered)
         result.readings.extend(readings)
 
 
 def _samples(sampled: Any, *, start: dt.datetime, code: str, oid: str, status: str,
-             delivered: list[str]) -> tuple[list[Reading], str]:
+             delivered: set[int]) -> tuple[list[Reading], str]:
     """The new samples of a chunk; marks them in ``delivered``. Returns a refusal reason for
     samples the client must not use (then marking them, so the refusal is reported once)."""
     if not isinstance(sampled, dict):
@@ -410,8 +422,6 @@ def _samples(sampled: Any, *, start: dt.datetime, code: str, oid: str, status: s
     except (KeyError, TypeError, ValueError):
         return [], "valueSampledData without a valid origin, period or factor"
     tokens = str(sampled.get("data", "")).split()
-    if len(delivered) < len(tokens):
-        delivered.extend("0" * (len(tokens) - len(delivered)))
     if dimensions != 1 or period_ms <= 0:
         return [], f"valueSampledData with {dimensions} dimensions, period {period_ms} ms"
     refusal = ""
@@ -424,13 +434,14 @@ def _samples(sampled: Any, *, start: dt.datetime, code: str, oid: str, status: s
     readings: list[Reading] = []
     refused = 0
     for index, token in enumerate(tokens):
-        if delivered[index] == "1" or token == _NO_VALUE:
+        offset = round(index * period_ms)
+        if offset in delivered or token == _NO_VALUE:
             continue
-        delivered[index] = "1"
+        delivered.add(offset)
         if refusal:
             refused += 1
             continue
-        time = start + dt.timedelta(milliseconds=index * period_ms)
+        time = start + dt.timedelta(milliseconds=offset)
         if token == _BELOW:
             value, flag = lower, "L"
         elif token == _ABOVE:

@@ -21,7 +21,11 @@ class Sample:
 
 @dataclass
 class CgmRecorder:
-    """CGM samples in chunks of ``span``, each chunk one Observation."""
+    """CGM samples in chunks of ``span`` on a grid from ``origin``, one Observation each,
+    with the recorder's rules: a chunk is ``final`` once a sample after its cell arrived
+    (the edge delivers in order); an empty cell after the newest sample is announced as a
+    ``preliminary`` chunk without data for ``pending_window``; other empty cells have no
+    chunk in searches."""
 
     origin: dt.datetime
     span: dt.timedelta
@@ -29,24 +33,36 @@ class CgmRecorder:
     samples: list[Sample] = field(default_factory=list)
     #: True: chunk end is start + span - 1 s (…:59:59); False: start + span (exclusive).
     inclusive_end: bool = True
+    pending_window: dt.timedelta = dt.timedelta(hours=24)
 
-    def chunk(self, index: int, now: dt.datetime) -> dict[str, Any] | None:
+    def chunk(self, index: int, now: dt.datetime, *, read: bool = False
+              ) -> dict[str, Any] | None:
         start = self.origin + index * self.span
         if start > now:
             return None
+        arrived = [s for s in self.samples if s.arrives <= now]
+        newest = max((s.time for s in arrived), default=None)
+        inside = {s.time: s.value for s in arrived if start <= s.time < start + self.span}
+        # Final once a sample after the cell arrived (the edge delivers in order).
+        done = newest is not None and newest >= start + self.span
+        status = "final" if done else "preliminary"
+        if not inside:
+            newest_cell = (self.origin - self.span if newest is None
+                           else self.origin + (newest - self.origin) // self.span * self.span)
+            pending = start > newest_cell and start >= now - self.pending_window
+            if not pending and not read:
+                return None
+            if not pending:
+                status = "final"
         slots = int(self.span / self.period)
-        inside = [s for s in self.samples if start <= s.time < start + self.span]
-        complete = now >= start + self.span and all(s.arrives <= now for s in inside)
-        arrived = {s.time: s.value for s in inside if s.arrives <= now}
-        tokens = [f"{arrived[t]:g}" if (t := start + slot * self.period) in arrived else "E"
+        tokens = [f"{inside[t]:g}" if (t := start + slot * self.period) in inside else "E"
                   for slot in range(slots)]
-        while tokens and tokens[-1] == "E" and not complete:
+        while tokens and tokens[-1] == "E":
             tokens.pop()
         end = start + self.span - (dt.timedelta(seconds=1) if self.inclusive_end
                                    else dt.timedelta(0))
         observation: dict[str, Any] = {
-            "resourceType": "Observation", "id": f"cgm-{index}",
-            "status": "final" if complete else "preliminary",
+            "resourceType": "Observation", "id": f"cgm-{index}", "status": status,
             "code": {"coding": [{"system": "http://loinc.org", "code": "99504-3"}]},
             "effectivePeriod": {"start": iso(start), "end": iso(end)},
             "device": {"reference": "Device/cgm-1"},
@@ -65,16 +81,19 @@ class CgmRecorder:
         prefix, value = date[:2], parse_datetime(date[2:])
         found = []
         index = 0
-        while (chunk := self.chunk(index, now)) is not None:
+        while self.origin + index * self.span <= now:
+            chunk = self.chunk(index, now)
+            index += 1
+            if chunk is None:
+                continue
             end = parse_datetime(chunk["effectivePeriod"]["end"])
             # FHIR search on a Period: the range above the value must overlap the period.
             if (prefix == "ge" and end >= value) or (prefix == "gt" and end > value):
                 found.append(chunk)
-            index += 1
         return bundle(found)
 
     def read(self, chunk_id: str, now: dt.datetime) -> dict[str, Any]:
-        chunk = self.chunk(int(chunk_id.split("-")[1]), now)
+        chunk = self.chunk(int(chunk_id.split("-")[1]), now, read=True)
         assert chunk is not None
         return chunk
 

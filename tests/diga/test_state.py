@@ -42,7 +42,7 @@ def _state() -> PairingState:
     state.blood_glucose.delivered = {"bg-1": NOW}
     state.cgm.search_from = NOW - dt.timedelta(hours=1)
     state.cgm.chunks = {"c-1": ChunkMark(start=NOW, end=NOW + dt.timedelta(hours=1),
-                                         status="preliminary", delivered="1101")}
+                                         status="preliminary", delivered={0, 300_000})}
     return state
 
 
@@ -54,7 +54,7 @@ def test_round_trip(tmp_path: Path) -> None:
     assert loaded.to_json() == original.to_json()
     assert loaded.access_token_expires_at == NOW + dt.timedelta(seconds=600)
     assert loaded.refresh_token_expires_at == NOW + dt.timedelta(days=30)
-    assert loaded.cgm.chunks["c-1"].delivered == "1101"
+    assert loaded.cgm.chunks["c-1"].delivered == {0, 300_000}
     assert loaded.scopes == {"patient/Device.rs", "patient/DeviceMetric.rs"}
     assert store.names() == ["p1"]
 

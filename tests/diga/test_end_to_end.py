@@ -1,0 +1,245 @@
+"""The DiGA reference client against the real Device Data Recorder over TLS.
+
+One HTTPS server (authorization server, portal, FHIR resource server) with a sandbox PKI; a
+simulated patient's meter and CGM records go into the store through the backend's ingest in
+stages, as a gateway syncing late would deliver them. The client pairs through the portal's
+forms, polls between the stages, refreshes, reads the CGM summary, and unpairs; afterwards the
+recorder refuses the old tokens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, cast
+
+import httpx
+import pytest
+
+from bridge.auth.pairing import revoke_pairing
+from bridge.backend import registry
+from bridge.backend.ingest import Inbound, IngestProcessor
+from bridge.backend.store import Store
+from bridge.diga.client import DigaClient
+from bridge.diga.connection import load_connection
+from bridge.diga.errors import AuthorizationDenied, NotPaired, PairingRevoked
+from bridge.diga.polling import BLOOD_GLUCOSE, CGM, Reading
+from bridge.diga.render import mg_dl
+from bridge.diga.state import PairingStore
+from bridge.hddt.observations import BG_LOINC_BY_SAMPLE
+from bridge.hddt.settings import HddtSettings
+from bridge.messages import RecordsMessage, batches, records_topic
+from bridge.records import AnyRecord, BloodGlucoseReading, CgmReading, DeviceInfo, Record
+from simulators.physiology import standard_patient
+from simulators.run import simulate_cohort
+from simulators.scenario import default_scenario
+from tests.auth.harness import (
+    ALL_GLUCOSE,
+    DIGA_A,
+    PASSWORD,
+    Sandbox,
+    redirect_uri,
+    running_sandbox,
+)
+from tests.auth.harness import (
+    CGM as CGM_SCOPE,
+)
+
+GATEWAY = "gw-alice"
+
+
+@dataclasses.dataclass
+class Simulated:
+    devices: list[DeviceInfo]
+    records: dict[str, list[AnyRecord]]
+    start: dt.datetime
+    end: dt.datetime
+
+
+def _shift(record: Record, delta: dt.timedelta) -> AnyRecord:
+    changes: dict[str, Any] = {"time": record.time + delta}
+    if record.device_time is not None:
+        changes["device_time"] = record.device_time + delta
+    if isinstance(record, CgmReading) and record.session_start is not None:
+        changes["session_start"] = record.session_start + delta
+    return cast("AnyRecord", dataclasses.replace(record, **changes))
+
+
+def _simulate(days: int, now: dt.datetime) -> Simulated:
+    result = simulate_cohort([standard_patient("adult#001")], default_scenario(), days,
+                             seed=11, records=True)
+    assert result.devices is not None
+    logs = [log for log in result.devices[0].logs if log.info.kind.value in
+            {"cgm", "blood-glucose-meter"}]
+    # Move the history so that it ends an hour before now, by whole hours (the CGM's
+    # 5-minute grid stays on the recorder's hourly chunk grid).
+    last = max(r.time for log in logs for r in log.records)
+    hours = (now - last) // dt.timedelta(hours=1) - 1
+    delta = dt.timedelta(hours=hours)
+    records = {log.info.device_id: [_shift(r, delta) for r in log.records] for log in logs}
+    start = min(r.time for rs in records.values() for r in rs)
+    end = max(r.time for rs in records.values() for r in rs)
+    return Simulated([log.info for log in logs], records, start, end)
+
+
+def _ingest(store: Store, sim: Simulated, upto: dt.datetime, after: dt.datetime) -> int:
+    inserted = 0
+    for info in sim.devices:
+        part = [r for r in sim.records[info.device_id] if after <= r.time < upto]
+        inbound = [Inbound(records_topic(GATEWAY),
+                           RecordsMessage(gateway_id=GATEWAY, device=info,
+                                          records=chunk).to_bytes(),
+                           max(r.time for r in chunk))
+                   for chunk in batches(part, 200)]
+        inserted += IngestProcessor(store).ingest(inbound).inserted
+    return inserted
+
+
+def _expected(sim: Simulated) -> tuple[list[tuple[dt.datetime, float]],
+                                         list[tuple[dt.datetime, float]]]:
+    """What the recorder exports of the simulated records: (time, mg/dL) per reading."""
+    meter, cgm = [], []
+    for records in sim.records.values():
+        for r in records:
+            if isinstance(r, BloodGlucoseReading) and r.glucose_mg_dl is not None \
+                    and r.sample_type.value in BG_LOINC_BY_SAMPLE:
+                meter.append((r.time, round(r.glucose_mg_dl, 1)))
+            elif isinstance(r, CgmReading) and r.glucose_mg_dl is not None:
+                cgm.append((r.time, round(r.glucose_mg_dl, 1)))
+    return sorted(meter), sorted(cgm)
+
+
+def _pairs(readings: Sequence[Reading], kind: str) -> list[tuple[dt.datetime, float]]:
+    out = []
+    for r in readings:
+        if r.kind == kind:
+            value = mg_dl(r)
+            assert value is not None
+            out.append((r.time, round(value, 1)))
+    return out
+
+
+def _write_connection(box: Sandbox, folder: Path, patients: Sequence[str]) -> Path:
+    pair = box.pki.diga(DIGA_A)
+    path = folder / "connection.json"
+    path.write_text(json.dumps({
+        "fhir_base_url": box.fhir_url, "issuer": box.base_url,
+        "ca_certificate": os.path.relpath(box.pki.ca.cert, folder),
+        "diga": {"client_id": DIGA_A, "certificate": str(pair.cert),
+                 "private_key": str(pair.key), "redirect_uri": redirect_uri(DIGA_A),
+                 "scopes": list(ALL_GLUCOSE)},
+        "patients": [{"id": p, "portal_username": p, "portal_password": PASSWORD}
+                     for p in patients]}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
+    tmp = tmp_path_factory.mktemp("diga-e2e")
+    settings = HddtSettings(rate_limit_per_minute=None)
+    with running_sandbox(tmp, patients=("alice", "bob", "carol"),
+                         hddt_settings=settings) as box:
+        with box.store.begin() as conn:
+            registry.provision_gateway(conn, GATEWAY, patient_id="alice", actor="test")
+        yield box
+
+
+def test_pair_poll_refresh_summary_unpair(sandbox: Sandbox, tmp_path: Path) -> None:
+    box = sandbox
+    now = dt.datetime.now(dt.UTC)
+    sim = _simulate(2, now)
+    connection = load_connection(_write_connection(box, tmp_path, ["alice"]))
+    store = PairingStore(tmp_path / "pairings")
+    client = DigaClient(connection, store)
+    try:
+        # Pairing through the portal's forms: PAR, login, consent for every MIV, code exchange.
+        state = client.pair_with_portal("alice", connection.patient("alice"))
+        assert state.status == "paired" and state.pairing_id
+        assert state.scopes == set(ALL_GLUCOSE)
+        assert "alice" not in state.pairing_id  # pseudonymous
+
+        # Data arrives in stages; the DiGA polls in between (twice after one stage).
+        first = sim.start
+        cuts = [sim.start + dt.timedelta(hours=20), sim.start + dt.timedelta(hours=31),
+                sim.end + dt.timedelta(seconds=1)]
+        polled: list[Reading] = []
+        since = sim.start - dt.timedelta(hours=1)
+        lower = first
+        for index, cut in enumerate(cuts):
+            assert _ingest(box.store, sim, cut, lower) > 0
+            lower = cut
+            for _ in range(2 if index == 1 else 1):
+                polled += client.fetch_blood_glucose("alice", since).readings
+                cgm = client.fetch_cgm("alice", since)
+                assert cgm.rejected == []
+                polled += cgm.readings
+        meter_expected, cgm_expected = _expected(sim)
+        meter_got, cgm_got = _pairs(polled, BLOOD_GLUCOSE), _pairs(polled, CGM)
+        # Every reading exactly once, with its time and value.
+        assert len(meter_expected) >= 6 and len(cgm_expected) >= 500
+        assert sorted(meter_got) == meter_expected
+        assert sorted(cgm_got) == cgm_expected
+        # Nothing new: a further poll delivers nothing.
+        assert client.fetch_blood_glucose("alice", since).readings == []
+        assert client.fetch_cgm("alice", since).readings == []
+
+        # Refresh: new access and refresh tokens (rotation), and reading still works.
+        before = store.load("alice")
+        after = client.refresh("alice")
+        assert after.access_token != before.access_token
+        assert after.refresh_token != before.refresh_token
+        assert after.pairing_id == before.pairing_id
+
+        # The CGM summary over the simulated days.
+        report = client.cgm_summary("alice", sim.start, sim.end, related=True)
+        kinds = [e["resource"]["resourceType"] for e in report.get("entry", [])]
+        assert "Observation" in kinds
+
+        # Unpair: the recorder revokes the grant; the client forgets its tokens.
+        old = store.load("alice")
+        client.unpair("alice")
+        with pytest.raises(NotPaired):
+            client.fetch_cgm("alice", since)
+        assert old.access_token and old.refresh_token
+        pair = box.pki.diga(DIGA_A)
+        with httpx.Client(verify=box.tls_context((pair.cert, pair.key))) as raw:
+            refused = raw.get(f"{box.fhir_url}/Observation",
+                              headers={"Authorization": f"Bearer {old.access_token}"})
+            assert refused.status_code == 401
+            assert 'error="invalid_token"' in refused.headers["www-authenticate"]
+            token = raw.post(f"{box.base_url}/token", data={
+                "grant_type": "refresh_token", "refresh_token": old.refresh_token,
+                "client_id": DIGA_A})
+            assert token.status_code == 400 and token.json()["error"] == "invalid_grant"
+    finally:
+        client.close()
+
+
+def test_subset_denial_and_revocation_by_the_recorder(sandbox: Sandbox, tmp_path: Path
+                                                      ) -> None:
+    box = sandbox
+    connection = load_connection(_write_connection(box, tmp_path, ["bob"]))
+    store = PairingStore(tmp_path / "pairings")
+    with DigaClient(connection, store) as client:
+        # The patient declines: the recorder redirects with access_denied.
+        with pytest.raises(AuthorizationDenied) as denied:
+            client.pair_with_portal("bob", connection.patient("bob"), deny=True)
+        assert denied.value.error == "access_denied"
+
+        # The patient grants CGM only: the token carries only that MIV.
+        state = client.pair_with_portal("bob", connection.patient("bob"), grant=[CGM_SCOPE])
+        assert CGM_SCOPE in state.scopes
+        assert not any("blood-glucose" in s for s in state.scopes)
+
+        # The recorder ends the pairing (the patient in the portal, or the system): the
+        # next refresh is refused with invalid_grant and the client records the end.
+        assert state.pairing_id is not None
+        with box.store.begin() as conn:
+            revoke_pairing(conn, state.pairing_id, by="patient", actor="test")
+        with pytest.raises(PairingRevoked):
+            client.refresh("bob")
+        assert store.load("bob").status == "revoked"
