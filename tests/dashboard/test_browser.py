@@ -9,6 +9,7 @@ skipped with the reason shown (install it with ``apt-get install chromium``).
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -63,8 +64,6 @@ COUNTS = """JSON.stringify({
 
 
 def test_dashboard_in_headless_chromium(served: tuple[str, Filled], tmp_path: Path) -> None:
-    import json
-
     base, filled = served
     with Browser(tmp_path / "profile") as browser:
         page = browser.new_page()
