@@ -117,7 +117,10 @@ class Sandbox:
         return self.clients[key]
 
     def diga(self, client_id: str) -> httpx.Client:
-        """The DiGA backend's mTLS client (its sandbox certificate)."""
+        """The DiGA backend's mTLS client (its sandbox or self-signed certificate)."""
+        own = self.tmp / "self-signed" / f"{client_id[-5:]}.pem"
+        if own.exists():
+            return self._client(client_id, (own, own.with_suffix(".key")))
         pair = self.pki.diga(client_id)
         return self._client(client_id, (pair.cert, pair.key))
 
@@ -151,7 +154,7 @@ class Sandbox:
 
     def push(self, client_id: str, scopes: Sequence[str] = ALL_GLUCOSE,
              **extra: str) -> Pending:
-        response = self.par(client_id, scopes, **extra)
+        response = self.par(client_id, scopes, client=None, **extra)
         assert response.status_code == 201, response.text
         sent = response.extensions["sent"]
         return Pending(client_id, response.json()["request_uri"],
@@ -221,29 +224,35 @@ class Sandbox:
 
     def foreign_certificate(self, client_id: str) -> tuple[Path, Path]:
         """A self-signed certificate for ``client_id`` that no trust store knows."""
-        key, cert = new_client_certificate(None, None, client_id)
-        folder = self.tmp / "foreign"
-        folder.mkdir(exist_ok=True)
-        cert_path, key_path = folder / f"{client_id[-5:]}.pem", folder / f"{client_id[-5:]}.key"
-        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                               serialization.PrivateFormat.PKCS8,
-                                               serialization.NoEncryption()))
-        return cert_path, key_path
+        return self_signed_certificate(self.tmp / "foreign", client_id)
 
     def close(self) -> None:
         for client in self.clients.values():
             client.close()
 
 
+def self_signed_certificate(folder: Path, client_id: str) -> tuple[Path, Path]:
+    """A self-signed DiGA client certificate and key in ``folder``."""
+    key, cert = new_client_certificate(None, None, client_id)
+    folder.mkdir(exist_ok=True)
+    cert_path, key_path = folder / f"{client_id[-5:]}.pem", folder / f"{client_id[-5:]}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
 @contextlib.contextmanager
 def running_sandbox(tmp: Path, *, digas: Mapping[str, Sequence[str]] | None = None,
-                    unregistered: Sequence[str] = (), patients: Sequence[str] = ("alice",),
+                    unregistered: Sequence[str] = (), self_signed: Sequence[str] = (),
+                    patients: Sequence[str] = ("alice",),
                     access_token_lifetime_s: int = 600, url: str | None = None,
                     hddt_settings: Any | None = None) -> Iterator[Sandbox]:
     """A store (SQLite in ``tmp`` unless ``url``), PKI, the DiGAs ``digas`` (client id ->
     allowed scopes; default A and B with every glucose scope) registered and
-    ``unregistered`` ones with certificates only, a provisioned patient with a portal login
+    ``unregistered`` ones with certificates only, those of ``self_signed`` registered with a
+    self-signed certificate of their own (all scopes), a provisioned patient with a portal login
     (user name = patient id) per name in ``patients``, and the server running."""
     digas = {DIGA_A: ALL_GLUCOSE, DIGA_B: ALL_GLUCOSE} if digas is None else digas
     pki = issue_pki(tmp / "pki", [*digas, *unregistered])
@@ -257,6 +266,11 @@ def running_sandbox(tmp: Path, *, digas: Mapping[str, Sequence[str]] | None = No
         register_diga(store, client_id, name=f"DiGA {client_id[-5:]}",
                       redirect_uris=[redirect_uri(client_id)], scopes=scopes,
                       certificate_pem=pki.diga(client_id).cert.read_text(), actor="test")
+    for client_id in self_signed:
+        cert, _ = self_signed_certificate(tmp / "self-signed", client_id)
+        register_diga(store, client_id, name=f"DiGA {client_id[-5:]}",
+                      redirect_uris=[redirect_uri(client_id)], scopes=ALL_GLUCOSE,
+                      certificate_pem=cert.read_text(), actor="test")
     port = free_port()  # the issuer URL names the port, so it is chosen before the app
     base = f"https://127.0.0.1:{port}"
     settings = AuthSettings(issuer=base, audience=f"{base}/fhir", state_dir=tmp / "auth",
