@@ -16,6 +16,7 @@ import hashlib
 import hmac
 import os
 import sys
+import threading
 from dataclasses import dataclass
 
 from bridge.dashboard import DashboardError
@@ -85,6 +86,8 @@ class BasicAuth:
         self.username = username
         self._hash = PasswordHash.parse(password_hash)
         self._accepted: dict[bytes, None] = {}
+        # Checks run in the server's thread pool.
+        self._lock = threading.Lock()
 
     def check(self, authorization: str | None) -> bool:
         """True when the ``Authorization`` header carries this user and password."""
@@ -94,8 +97,9 @@ class BasicAuth:
         if scheme.lower() != "basic":
             return False
         fingerprint = hashlib.sha256(authorization.encode("utf-8", "replace")).digest()
-        if fingerprint in self._accepted:
-            return True
+        with self._lock:
+            if fingerprint in self._accepted:
+                return True
         try:
             decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
         except (binascii.Error, UnicodeDecodeError):
@@ -107,9 +111,10 @@ class BasicAuth:
         name_ok = hmac.compare_digest(username.encode(), self.username.encode())
         password_ok = self._hash.matches(password)
         if name_ok and password_ok:
-            if len(self._accepted) >= self.CACHE_SIZE:
-                self._accepted.pop(next(iter(self._accepted)))
-            self._accepted[fingerprint] = None
+            with self._lock:
+                if len(self._accepted) >= self.CACHE_SIZE:
+                    self._accepted.pop(next(iter(self._accepted)))
+                self._accepted[fingerprint] = None
             return True
         return False
 
