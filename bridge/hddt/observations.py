@@ -200,11 +200,12 @@ def cell_chunks(line: DeviceTimeline, start: dt.datetime, rows: Sequence[CgmRow]
                 for_read: bool = False) -> list[Chunk]:
     """The chunks of one device in the cell starting at ``start``.
 
-    An empty cell after the device's newest reading (and at most ``pending_window`` back)
-    is one ``preliminary`` chunk with ``dataAbsentReason`` ``temp-unknown``: data may still
-    come (measurement-cgm.md). Any other empty cell has no chunk in searches; a read of
-    its id (a chunk announced as pending whose data never came) answers ``final`` with
-    ``dataAbsentReason`` ``unknown``."""
+    An empty cell after the device's newest reading (up to now, and starting less than
+    ``pending_window`` after that reading) is one ``preliminary`` chunk with
+    ``dataAbsentReason`` ``temp-unknown``: data may still come (measurement-cgm.md). Any
+    other empty cell has no chunk in searches; a read of its id (a chunk announced as
+    pending whose data never came) answers ``final`` with ``dataAbsentReason``
+    ``unknown``."""
     device = line.device
     end = start + span
     if not rows:
@@ -212,7 +213,7 @@ def cell_chunks(line: DeviceTimeline, start: dt.datetime, rows: Sequence[CgmRow]
         if last is None:
             return []
         pending = (line.retired_at is None and start >= cell_start(last, span) + span
-                   and start <= now and start >= now - pending_window)
+                   and start <= now and start < last + pending_window)
         if pending:
             return [Chunk(chunk_id(device, start), device, start, end, "preliminary",
                           device.calibration_state or "calibrated", (), "temp-unknown")]

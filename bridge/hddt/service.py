@@ -253,9 +253,8 @@ class FhirService:
             last = line.device.last_cgm
             if line.retired_at is not None or last is None:
                 continue
-            cell = max(observations.cell_start(last, span) + span,
-                       observations.cell_start(ctx.now - st.cgm_pending_window, span) + span, a)
-            while cell < b and cell <= ctx.now:
+            cell = max(observations.cell_start(last, span) + span, a)
+            while cell < b and cell <= ctx.now and cell < last + st.cgm_pending_window:
                 cells.setdefault((line.device.id, cell), [])
                 cell += span
         chunks: list[Chunk] = []

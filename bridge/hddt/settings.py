@@ -26,8 +26,9 @@ class HddtSettings:
     cgm_chunk_span: dt.timedelta = dt.timedelta(hours=1)
     #: Sample period used when a chunk holds too few readings to tell the device's own.
     cgm_default_sample_period: dt.timedelta = dt.timedelta(minutes=5)
-    #: After the newest reading, empty chunks up to now are announced ``temp-unknown`` for at
-    #: most this long (measurement-cgm.md "Quality of Data and Missing Values").
+    #: Empty chunks after a sensor's newest reading are announced ``temp-unknown`` up to now,
+    #: for at most this long after that reading (measurement-cgm.md "Quality of Data and
+    #: Missing Values").
     cgm_pending_window: dt.timedelta = dt.timedelta(hours=24)
     #: Measurable range of the CGM sensors, sent as SampledData lower/upper limits.
     cgm_lower_limit_mg_dl: float = 40.0
