@@ -16,7 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from bridge.backend.store import cgm_readings, devices, glucose_readings
+from bridge.backend.store import cgm_readings, devices, glucose_readings, insulin_events
 from bridge.records import CODINGS, RecordKind
 
 CGM_LOINC = CODINGS[RecordKind.CGM_GLUCOSE].loinc
@@ -45,6 +45,7 @@ class DeviceRow:
     last_cgm: dt.datetime | None
     first_bg: dt.datetime | None
     last_bg: dt.datetime | None
+    last_insulin: dt.datetime | None = None
 
 
 def patient_devices(conn: Connection, patient_id: str) -> list[DeviceRow]:
@@ -59,7 +60,8 @@ def patient_devices(conn: Connection, patient_id: str) -> list[DeviceRow]:
                    agg(sa.func.min, cgm_readings).label("first_cgm"),
                    agg(sa.func.max, cgm_readings).label("last_cgm"),
                    agg(sa.func.min, glucose_readings).label("first_bg"),
-                   agg(sa.func.max, glucose_readings).label("last_bg"))
+                   agg(sa.func.max, glucose_readings).label("last_bg"),
+                   agg(sa.func.max, insulin_events).label("last_insulin"))
          .where(devices.c.patient_id == patient_id).order_by(devices.c.first_seen, devices.c.id))
     out = []
     for r in conn.execute(q):
@@ -68,7 +70,8 @@ def patient_devices(conn: Connection, patient_id: str) -> list[DeviceRow]:
             model=r.model, serial_number=r.serial_number,
             calibration_state=r.calibration_state, last_contact=r.last_contact,
             first_seen=r.first_seen, first_cgm=_utc(r.first_cgm), last_cgm=_utc(r.last_cgm),
-            first_bg=_utc(r.first_bg), last_bg=_utc(r.last_bg)))
+            first_bg=_utc(r.first_bg), last_bg=_utc(r.last_bg),
+            last_insulin=_utc(r.last_insulin)))
     return out
 
 

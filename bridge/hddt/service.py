@@ -20,11 +20,12 @@ from urllib.parse import urlencode
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from bridge.backend.store import Store, cgm_readings, glucose_readings
-from bridge.hddt import data, devices, observations, outcome, search
+from bridge.backend.store import Store, cgm_readings, glucose_readings, insulin_events
+from bridge.hddt import data, devices, insulin, observations, outcome, search
 from bridge.hddt.access import (
     MIV_BLOOD_GLUCOSE,
     MIV_CONTINUOUS_GLUCOSE,
+    PROJECT_INSULIN_DELIVERY,
     SCOPE_DEVICE,
     SCOPE_DEVICE_METRIC,
     AccessGrant,
@@ -37,6 +38,7 @@ from bridge.hddt.observations import (
     CGM_MIV_CODES,
     LOINC,
     RANK_BG,
+    RANK_INSULIN,
     Chunk,
     DeviceTimeline,
 )
@@ -97,6 +99,9 @@ class FhirService:
         vs = ctx.grant.value_sets
         if MIV_BLOOD_GLUCOSE in vs and device.last_bg is not None and device.last_bg >= ctx.cutoff:
             return True
+        if (PROJECT_INSULIN_DELIVERY in vs and device.last_insulin is not None
+                and device.last_insulin >= ctx.cutoff):
+            return True
         span = self.settings.cgm_chunk_span
         return (MIV_CONTINUOUS_GLUCOSE in vs and device.last_cgm is not None
                 and device.last_cgm >= ctx.cutoff - span)
@@ -108,23 +113,30 @@ class FhirService:
         """The searchset Bundle of an Observation search."""
         issues: list[dict[str, Any]] = []
         vs = grant.value_sets
-        universe: set[str] = set()
+        universe: set[tuple[str, str]] = set()
         if MIV_BLOOD_GLUCOSE in vs:
-            universe |= BG_MIV_CODES
+            universe |= {(LOINC, c) for c in BG_MIV_CODES}
         if MIV_CONTINUOUS_GLUCOSE in vs:
-            universe |= CGM_MIV_CODES
+            universe |= {(LOINC, c) for c in CGM_MIV_CODES}
+        if PROJECT_INSULIN_DELIVERY in vs:
+            universe |= insulin.INSULIN_CODES
         admitted = set(universe)
         for group in s.codes:
-            matched = {c for c in universe if any(t.matches(LOINC, c) for t in group)}
+            matched = {c for c in universe if any(t.matches(*c) for t in group)}
             for token in group:
-                if not any(token.matches(LOINC, c) for c in universe):
+                if not any(token.matches(*c) for c in universe):
                     issues.append(outcome.code_not_in_value_set(token.text, sorted(vs) or [
                         "(no value set granted)"]))
             admitted &= matched
-        bg_types = ([st for st, (code, _d) in BG_LOINC_BY_SAMPLE.items() if code in admitted]
+        loinc = {code for system, code in admitted if system == LOINC}
+        bg_types = ([st for st, (code, _d) in BG_LOINC_BY_SAMPLE.items() if code in loinc]
                     if MIV_BLOOD_GLUCOSE in vs else [])
-        cgm_on = MIV_CONTINUOUS_GLUCOSE in vs and CGM_CODE in admitted and not s.values
-        bg_ids, cgm_ids = self._split_ids(s.ids)
+        cgm_on = MIV_CONTINUOUS_GLUCOSE in vs and CGM_CODE in loinc and not s.values
+        # The insulin extension: its own scope and codes, never part of a glucose MIV grant.
+        insulin_codes = admitted & insulin.INSULIN_CODES if not s.values else set()
+        bg_ids, cgm_ids, insulin_ids = self._split_ids(s.ids)
+        if insulin_ids is not None and not insulin_ids:
+            insulin_codes = set()
         if bg_ids is not None and not bg_ids:
             bg_types = []
         if cgm_ids is not None and not cgm_ids:
@@ -146,6 +158,9 @@ class FhirService:
             if cgm_on and count:
                 hits += self._cgm_hits(conn, ctx, s, ids=cgm_ids, desc=fetch_desc,
                                        cursor=cursor, limit=count + 1)
+            if insulin_codes and count:
+                hits += self._insulin_hits(conn, ctx, s, codes=insulin_codes, ids=insulin_ids,
+                                           desc=fetch_desc, cursor=cursor, limit=count + 1)
             hits.sort(key=lambda h: h.key, reverse=fetch_desc)
             more = len(hits) > count
             page = hits[:count]
@@ -163,13 +178,50 @@ class FhirService:
         return self._bundle([h.resource for h in page], included, issues, links, ctx.now)
 
     def _split_ids(self, groups: Sequence[set[str]]
-                   ) -> tuple[set[int] | None, set[str] | None]:
+                   ) -> tuple[set[int] | None, set[str] | None, set[int] | None]:
         if not groups:
-            return None, None
+            return None, None, None
         wanted = set.intersection(*[set(g) for g in groups])
         bg = {int(i[3:]) for i in wanted if i.startswith("bg-") and i[3:].isdigit()}
         cgm = {i for i in wanted if i.startswith("cgm-")}
-        return bg, cgm
+        ins = {int(i[4:]) for i in wanted if i.startswith("ins-") and i[4:].isdigit()}
+        return bg, cgm, ins
+
+    def _insulin_hits(self, conn: Connection, ctx: _Context, s: search.ObservationSearch, *,
+                      codes: set[tuple[str, str]], ids: set[int] | None, desc: bool,
+                      cursor: search.Cursor | None, limit: int) -> list[_Hit]:
+        t = insulin_events
+        q = sa.select(t).where(t.c.patient_id == ctx.grant.patient_id, t.c.time >= ctx.cutoff,
+                               t.c.kind.in_(sorted(k.value for k in insulin.INSULIN_KINDS)))
+        if ids is not None:
+            q = q.where(t.c.id.in_(sorted(ids)))
+        for group in s.dates:
+            q = q.where(sa.or_(*[_date_sql(p, t.c.time, ctx.now) for p in group]))
+        for group in s.last_updated:
+            q = q.where(sa.or_(*[_date_sql(p, t.c.inserted_at, ctx.now) for p in group]))
+        if cursor is not None:
+            q = q.where(_keyset_sql(cursor.key, RANK_INSULIN, t.c.time, t.c.id, desc))
+        order = (t.c.time.desc(), t.c.id.desc()) if desc else (t.c.time, t.c.id)
+        q = q.order_by(*order)
+        if codes == insulin.INSULIN_CODES:
+            q = q.limit(limit)  # otherwise codes filter after the query: few rows a day
+        by_id = {d.id: d for d in ctx.devices}
+        out: list[_Hit] = []
+        for row in conn.execute(q).mappings():
+            device = by_id.get(row["device_id"])
+            if device is None:
+                continue
+            resource = insulin.insulin_observation(
+                dict(row), base_url=self.base_url,
+                device_reference=f"Device/{observations.device_id(device)}")
+            coding = resource["code"]["coding"][0]
+            if (coding["system"], coding["code"]) not in codes:
+                continue
+            out.append(_Hit((observations.instant(row["time"]), RANK_INSULIN,
+                             f"{row['id']:020d}"), resource))
+            if len(out) >= limit:
+                break
+        return out
 
     def _bg_hits(self, conn: Connection, ctx: _Context, s: search.ObservationSearch, *,
                  sample_types: Sequence[str], ids: set[int] | None, desc: bool,
@@ -307,6 +359,11 @@ class FhirService:
             if ref in seen:
                 continue
             seen.add(ref)
+            if ref.startswith("Device/"):
+                device = ctx.by_key.get(ref.removeprefix("Device/dev-"))
+                if device is not None and SCOPE_DEVICE in scopes:
+                    out.append(self._device(ctx, device))
+                continue
             found = self._resolve_metric(ctx, ref.removeprefix("DeviceMetric/"))
             if found is None:
                 continue
@@ -371,6 +428,8 @@ class FhirService:
                 return self._read_bg(conn, ctx, int(resource_id[3:]), ref)
             if resource_id.startswith("cgm-"):
                 return self._read_chunk(conn, ctx, resource_id, ref)
+            if resource_id.startswith("ins-") and resource_id[4:].isdigit():
+                return self._read_insulin(conn, ctx, int(resource_id[4:]), ref)
         raise outcome.not_known(ref)
 
     def _read_bg(self, conn: Connection, ctx: _Context, row_id: int,
@@ -391,6 +450,25 @@ class FhirService:
         st = self.settings
         return observations.blood_glucose(row, device, lower_limit=st.bg_lower_limit_mg_dl,
                                           upper_limit=st.bg_upper_limit_mg_dl)
+
+    def _read_insulin(self, conn: Connection, ctx: _Context, row_id: int,
+                      ref: str) -> dict[str, Any]:
+        if PROJECT_INSULIN_DELIVERY not in ctx.grant.value_sets:
+            raise outcome.not_known(ref)
+        t = insulin_events
+        row = conn.execute(sa.select(t).where(
+            t.c.id == row_id, t.c.patient_id == ctx.grant.patient_id,
+            t.c.kind.in_(sorted(k.value for k in insulin.INSULIN_KINDS)))).mappings().first()
+        if row is None:
+            raise outcome.not_known(ref)
+        if row["time"] < ctx.cutoff:
+            raise outcome.expired(ref, self.settings.expired_read_status)
+        device = next((d for d in ctx.devices if d.id == row["device_id"]), None)
+        if device is None:
+            raise outcome.not_known(ref)
+        return insulin.insulin_observation(
+            dict(row), base_url=self.base_url,
+            device_reference=f"Device/{observations.device_id(device)}")
 
     def _read_chunk(self, conn: Connection, ctx: _Context, resource_id: str,
                     ref: str) -> dict[str, Any]:

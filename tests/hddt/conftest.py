@@ -29,6 +29,7 @@ from bridge.backend.store import Store
 from bridge.hddt.access import (
     MIV_BLOOD_GLUCOSE,
     MIV_CONTINUOUS_GLUCOSE,
+    PROJECT_INSULIN_DELIVERY,
     SCOPE_DEVICE,
     SCOPE_DEVICE_METRIC,
     AccessGrant,
@@ -266,3 +267,9 @@ def empty_store(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Stor
     """A fresh SQLite store (tests that write their own data)."""
     with new_store("sqlite", tmp_path, request) as store:
         yield store
+
+
+GRANTS["t-insulin"] = grant("t-insulin", scopes=frozenset({
+    observation_scope(PROJECT_INSULIN_DELIVERY), SCOPE_DEVICE}))
+GRANTS["t-everything"] = grant("t-everything", scopes=ALL_SCOPES | {
+    observation_scope(PROJECT_INSULIN_DELIVERY)})
