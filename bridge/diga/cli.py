@@ -45,8 +45,6 @@ def register(subparsers: Any) -> None:
     p = sub.add_parser("pair", help="pair with a patient (portal login in the sandbox, or "
                                     "print the consent URL for a person)")
     _common(p)
-    p.add_argument("--patient", help="sandbox patient id from the connection file; the "
-                                     "client logs in and consents at the portal itself")
     p.add_argument("--username", help="portal login (instead of --patient)")
     p.add_argument("--password", help="portal password (with --username)")
     p.add_argument("--grant", action="append", metavar="SCOPE",
@@ -115,6 +113,9 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="folder of the pairing state files (default: 'diga' beside the "
                         "connection file, else ./diga-state)")
     p.add_argument("--name", help="pairing name (default: the --patient id, else 'default')")
+    p.add_argument("--patient", help="sandbox patient id from the connection file: the "
+                                     "default pairing name; 'pair' logs in and consents at "
+                                     "the portal as this patient")
     g = p.add_argument_group("explicit connection (instead of or over the connection file)")
     g.add_argument("--fhir-base-url")
     g.add_argument("--issuer")
@@ -173,7 +174,7 @@ def _store(args: argparse.Namespace) -> PairingStore:
 
 
 def _name(args: argparse.Namespace) -> str:
-    name = args.name or getattr(args, "patient", None) or "default"
+    name = args.name or args.patient or "default"
     return check_name(str(name))
 
 

@@ -69,9 +69,9 @@ def _shift(record: Record, delta: dt.timedelta) -> AnyRecord:
     return cast("AnyRecord", dataclasses.replace(record, **changes))
 
 
-def _simulate(days: int, now: dt.datetime) -> Simulated:
+def _simulate(days: int, now: dt.datetime, seed: int = 11) -> Simulated:
     result = simulate_cohort([standard_patient("adult#001")], default_scenario(), days,
-                             seed=11, records=True)
+                             seed=seed, records=True)
     assert result.devices is not None
     logs = [log for log in result.devices[0].logs if log.info.kind.value in
             {"cgm", "blood-glucose-meter"}]
@@ -86,12 +86,13 @@ def _simulate(days: int, now: dt.datetime) -> Simulated:
     return Simulated([log.info for log in logs], records, start, end)
 
 
-def _ingest(store: Store, sim: Simulated, upto: dt.datetime, after: dt.datetime) -> int:
+def _ingest(store: Store, sim: Simulated, upto: dt.datetime, after: dt.datetime,
+            gateway: str = GATEWAY) -> int:
     inserted = 0
     for info in sim.devices:
         part = [r for r in sim.records[info.device_id] if after <= r.time < upto]
-        inbound = [Inbound(records_topic(GATEWAY),
-                           RecordsMessage(gateway_id=GATEWAY, device=info,
+        inbound = [Inbound(records_topic(gateway),
+                           RecordsMessage(gateway_id=gateway, device=info,
                                           records=chunk).to_bytes(),
                            max(r.time for r in chunk))
                    for chunk in batches(part, 200)]
@@ -141,10 +142,11 @@ def _write_connection(box: Sandbox, folder: Path, patients: Sequence[str]) -> Pa
 def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
     tmp = tmp_path_factory.mktemp("diga-e2e")
     settings = HddtSettings(rate_limit_per_minute=None)
-    with running_sandbox(tmp, patients=("alice", "bob", "carol"),
+    with running_sandbox(tmp, patients=("alice", "bob", "carol", "dave"),
                          hddt_settings=settings) as box:
         with box.store.begin() as conn:
             registry.provision_gateway(conn, GATEWAY, patient_id="alice", actor="test")
+            registry.provision_gateway(conn, "gw-carol", patient_id="carol", actor="test")
         yield box
 
 
@@ -243,3 +245,70 @@ def test_subset_denial_and_revocation_by_the_recorder(sandbox: Sandbox, tmp_path
         with pytest.raises(PairingRevoked):
             client.refresh("bob")
         assert store.load("bob").status == "revoked"
+
+
+def test_command_line(sandbox: Sandbox, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                      ) -> None:
+    from bridge.cli import main
+
+    box = sandbox
+    sim = _simulate(1, dt.datetime.now(dt.UTC), seed=12)
+    _ingest(box.store, sim, sim.end + dt.timedelta(seconds=1), sim.start, gateway="gw-carol")
+    meter_expected, cgm_expected = _expected(sim)
+    conn_file = str(_write_connection(box, tmp_path, ["carol", "dave"]))
+
+    def run(*args: str) -> tuple[int, str, str]:
+        code = main(["diga", *args, "--connection", conn_file])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    # Without a login the command prints the consent URL for a person; the browser's
+    # redirect (here: the client walking the portal as that person) finishes the pairing.
+    code, out, _ = run("pair", "--name", "carol", "--prescription-end",
+                       (dt.date.today() + dt.timedelta(days=60)).isoformat())
+    assert code == 0
+    url = next(line.strip() for line in out.splitlines() if "/authorize?" in line)
+    connection = load_connection(Path(conn_file))
+    with DigaClient(connection, PairingStore(tmp_path / "unused")) as browser_side:
+        redirected = browser_side.consent_in_portal(url, connection.patient("carol"))
+    code, out, _ = run("pair", "--name", "carol", "--redirected-to", redirected)
+    assert code == 0 and "paired" in out
+
+    code, out, err = run("fetch", "--name", "carol", "--days", "3", "--format", "json",
+                         "--plot", str(tmp_path / "chart.svg"))
+    assert code == 0, err
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert sum(r["kind"] == "blood-glucose" for r in rows) == len(meter_expected)
+    assert sum(r["kind"] == "cgm" for r in rows) == len(cgm_expected)
+    assert (tmp_path / "chart.svg").read_text().startswith("<svg")
+    code, out, err = run("fetch", "--name", "carol", "--plot", "spark")
+    assert code == 0 and "0 new readings" in err
+
+    code, out, _ = run("summary", "--name", "carol", "--days", "7")
+    assert code == 0 and out.strip()
+    code, out, _ = run("refresh", "--name", "carol")
+    assert code == 0 and "rotated" in out
+    state_file = tmp_path / "diga" / "carol.json"
+    tokens = json.loads(state_file.read_text())
+    code, out, _ = run("show")
+    assert code == 0 and "carol: paired" in out
+    assert tokens["access_token"] not in out and tokens["refresh_token"] not in out
+
+    code, out, _ = run("unpair", "--name", "carol")
+    assert code == 0 and "unpaired carol" in out
+    code, out, err = run("fetch", "--name", "carol")
+    assert code == 1 and "not paired (unpaired by the DiGA)" in err
+
+    # The patient login path, and clear refusals of bad input.
+    code, out, _ = run("pair", "--patient", "dave", "--grant", CGM_SCOPE)
+    assert code == 0 and "dave: paired" in out
+    code, out, err = run("fetch", "--patient", "dave", "--kind", "bg")
+    # Blood glucose was not granted: error-codes.md, a code outside the grant gives an
+    # empty Bundle, not an error.
+    assert code == 0 and "0 new readings" in err
+    code, _, err = run("pair", "--patient", "nobody")
+    assert code == 1 and "no patient 'nobody' (known: carol, dave)" in err
+    code, _, err = run("fetch", "--name", "../x")
+    assert code == 1 and "pairing name" in err
+    assert main(["diga", "fetch", "--connection", str(tmp_path / "missing.json")]) == 1
+    assert "no such file" in capsys.readouterr().err
