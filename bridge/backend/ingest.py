@@ -342,10 +342,10 @@ def is_poison(exc: BaseException) -> bool:
             and isinstance(exc.orig, ValueError | TypeError | OverflowError))
 
 
-def _later(column: sa.ColumnElement[Any], value: dt.datetime) -> sa.ColumnElement[Any]:
-    """SQL for ``max(column, value)`` with NULL as the smallest (safe under concurrency)."""
-    lit = sa.literal(value, UtcDateTime())
-    return sa.case((column.is_(None) | (column < lit), lit), else_=column)
+def _later_param(column: sa.ColumnElement[Any], name: str) -> sa.ColumnElement[Any]:
+    """SQL for ``max(column, :name)`` with NULL as the smallest (safe under concurrency)."""
+    value = sa.bindparam(name, type_=UtcDateTime())
+    return sa.case((column.is_(None) | (column < value), value), else_=column)
 
 
 class IngestProcessor:
@@ -543,17 +543,27 @@ class _Batch:
             self.outcome.inserted += write_rows(conn, table, list(rows[table].values()))
         self.outcome.duplicates = self.outcome.records - self.outcome.inserted
 
+        # Registry updates: one statement per shape, executed for many parameter sets
+        # (psycopg pipelines them: one round trip), always in id order so that concurrent
+        # workers lock rows in the same order.
+        by_shape: dict[tuple[str, ...], list[dict[str, Any]]] = {}
         for device_id in sorted(device_updates):
-            update = dict(device_updates[device_id])
-            if device_id in device_contact:
-                update["last_contact"] = _later(devices.c.last_contact,
-                                                device_contact[device_id])
-            conn.execute(devices.update().where(devices.c.id == device_id).values(**update))
-        for device_id, (when, state) in sorted(calibration.items()):
+            update = device_updates[device_id]
+            by_shape.setdefault(tuple(sorted(update)), []).append(
+                {f"v_{k}": v for k, v in update.items()}
+                | {"v_id": device_id, "v_contact": device_contact[device_id]})
+        for shape, params in by_shape.items():
+            conn.execute(devices.update().where(devices.c.id == sa.bindparam("v_id")).values(
+                {name: sa.bindparam(f"v_{name}", type_=devices.c[name].type) for name in shape}
+                | {"last_contact": _later_param(devices.c.last_contact, "v_contact")}), params)
+        if calibration:
+            when = sa.bindparam("v_when", type_=UtcDateTime())
             conn.execute(devices.update().where(
-                (devices.c.id == device_id)
+                (devices.c.id == sa.bindparam("v_id"))
                 & (devices.c.calibration_at.is_(None) | (devices.c.calibration_at <= when)))
-                .values(calibration_state=state, calibration_at=when))
+                .values(calibration_state=sa.bindparam("v_state"), calibration_at=when),
+                [{"v_id": device_id, "v_when": when_, "v_state": state}
+                 for device_id, (when_, state) in sorted(calibration.items())])
         for device_id, (_gw, status) in sorted(device_status.items()):
             conn.execute(devices.update().where(
                 (devices.c.id == device_id)
@@ -564,9 +574,10 @@ class _Batch:
                         last_error=None if status.last_error is None
                         else clean_text(status.last_error, 500)))
             self.outcome.status_updates += 1
-        for gw in sorted(contact):
-            conn.execute(gateways.update().where(gateways.c.id == gw).values(
-                last_contact=_later(gateways.c.last_contact, contact[gw])))
+        if contact:
+            conn.execute(gateways.update().where(gateways.c.id == sa.bindparam("v_id")).values(
+                last_contact=_later_param(gateways.c.last_contact, "v_contact")),
+                [{"v_id": gw, "v_contact": contact[gw]} for gw in sorted(contact)])
         for gw, gw_status in sorted(gateway_status.items()):
             conn.execute(gateways.update().where(
                 (gateways.c.id == gw)

@@ -547,9 +547,9 @@ def _copy_rows(conn: Connection, table: sa.Table, columns: Sequence[str],
     statement = create
     try:
         with dbapi.cursor() as cur:
-            # NOTICE "already exists" is expected on every batch but the connection's first.
-            cur.execute("SET LOCAL client_min_messages = warning")
-            cur.execute(create)
+            # One round trip; NOTICE "already exists" is expected on every batch but the
+            # connection's first, so notices are off for this transaction.
+            cur.execute(f"SET LOCAL client_min_messages = warning; {create}")
             statement = copy
             with cur.copy(copy) as cp:
                 cp.set_types(types)
