@@ -28,6 +28,8 @@ from typing import Any, TextIO
 import sqlalchemy
 from bumble.link import LocalLink
 
+from bridge.auth.settings import AuthSettings
+from bridge.auth.tables import portal_accounts
 from bridge.backend.config import parse_config as parse_backend_config
 from bridge.backend.embedded_broker import EmbeddedBroker
 from bridge.backend.ingest import IngestWorker
@@ -36,7 +38,24 @@ from bridge.backend.store import Store
 from bridge.edge.agent import IN_PROCESS_TRANSPORT, Agent
 from bridge.edge.config import parse_config as parse_agent_config
 from bridge.errors import BridgeError
+from bridge.hddt.access import (
+    MIV_BLOOD_GLUCOSE,
+    MIV_CONTINUOUS_GLUCOSE,
+    PROJECT_INSULIN_DELIVERY,
+    SCOPE_DEVICE,
+    SCOPE_DEVICE_METRIC,
+    observation_scope,
+)
 from bridge.records import BloodGlucoseReading, CgmReading
+from bridge.web import (
+    HttpsServer,
+    TlsFiles,
+    client_trust_bundle,
+    create_app,
+    create_portal_account,
+    issue_pki,
+    register_diga,
+)
 from simulators.fleet import (
     BleAttachment,
     DeviceSpec,
@@ -487,9 +506,81 @@ class HddtEndpoints:
                 "patients": [dict(p) for p in self.patients]}
 
 
+#: The demo DiGA: a sandbox entry of the DiGA directory stand-in.
+DEMO_DIGA_ID = "urn:diga:bfarm:99001"
+DEMO_DIGA_NAME = "Demo Diabetes DiGA (sandbox)"
+#: Where the portal sends the browser after consent; nothing answers there: a person copies
+#: the address (it carries code and state) into ``hddt-bridge diga pair --redirected-to``.
+DEMO_DIGA_REDIRECT_URI = "https://diga.example/hddt/callback"
+DEMO_DIGA_SCOPES = (observation_scope(MIV_BLOOD_GLUCOSE),
+                    observation_scope(MIV_CONTINUOUS_GLUCOSE),
+                    observation_scope(PROJECT_INSULIN_DELIVERY),
+                    SCOPE_DEVICE, SCOPE_DEVICE_METRIC)
+
+
+def _portal_logins(state_dir: Path, patient_ids: Sequence[str]) -> list[dict[str, str]]:
+    """Each demo patient's portal login, generated once and kept in the state folder."""
+    path = state_dir / "portal-logins.json"
+    logins: dict[str, dict[str, str]] = {}
+    if path.exists():
+        logins = {entry["id"]: entry for entry in json.loads(path.read_text("utf-8"))}
+    for i, patient_id in enumerate(patient_ids, start=1):
+        logins.setdefault(patient_id, {"id": patient_id, "portal_username": f"patient{i}",
+                                       "portal_password": secrets.token_urlsafe(12)})
+    tmp = path.with_suffix(".tmp")
+    tmp.touch(mode=0o600)
+    tmp.write_text(json.dumps(list(logins.values()), indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    return [logins[p] for p in patient_ids]
+
+
+def _hddt_setup(store: Store, state_dir: Path, patient_ids: Sequence[str],
+                port: int) -> tuple[Any, TlsFiles, HddtEndpoints]:
+    """Sandbox PKI, the demo DiGA, portal logins and the web application (blocking)."""
+    base_url = f"https://127.0.0.1:{port}"
+    pki = issue_pki(state_dir / "pki", [DEMO_DIGA_ID], server_names=["localhost", "127.0.0.1"])
+    diga = pki.diga(DEMO_DIGA_ID)
+    register_diga(store, DEMO_DIGA_ID, name=DEMO_DIGA_NAME,
+                  redirect_uris=[DEMO_DIGA_REDIRECT_URI], scopes=DEMO_DIGA_SCOPES,
+                  certificate_pem=diga.cert.read_text(encoding="ascii"))
+    logins = _portal_logins(state_dir, patient_ids)
+    with store.begin() as conn:
+        existing = set(conn.execute(sqlalchemy.select(portal_accounts.c.username)).scalars())
+    for login in logins:
+        if login["portal_username"] not in existing:
+            create_portal_account(store, login["portal_username"], login["portal_password"],
+                                  patient_id=login["id"])
+    settings = AuthSettings(issuer=base_url, audience=f"{base_url}/fhir",
+                            state_dir=state_dir / "auth")
+    app = create_app(store, settings)
+    tls = TlsFiles(pki.server.cert, pki.server.key,
+                   client_trust_bundle(store, [pki.ca.cert], state_dir / "auth" /
+                                       "client-trust.pem"))
+    endpoints = HddtEndpoints(
+        fhir_base_url=f"{base_url}/fhir", issuer=base_url,
+        portal_url=f"{base_url}/portal/pairings", dashboard_url=f"{base_url}/dashboard/",
+        ca_certificate=pki.ca.cert,
+        diga={"client_id": DEMO_DIGA_ID, "name": DEMO_DIGA_NAME,
+              "certificate": str(diga.cert), "private_key": str(diga.key),
+              "redirect_uri": DEMO_DIGA_REDIRECT_URI, "scopes": list(DEMO_DIGA_SCOPES)},
+        patients=logins)
+    return app, tls, endpoints
+
+
 async def _start_hddt(stack: contextlib.AsyncExitStack, store: Store, options: DemoOptions,
-                      fleet: Fleet, say: Callable[[str], None]) -> HddtEndpoints | None:
-    return None
+                      fleet: Fleet, say: Callable[[str], None]) -> HddtEndpoints:
+    """The HDDT resource server, authorization server, portal and dashboard over TLS."""
+    specs = [p.patient for p in DEMO_PATIENTS]
+    patient_ids = [DEMO_PATIENT_IDS[specs.index(p.patient)] for p in fleet.config.patients]
+    port = _port_or_free(options.http_port) if options.http_port else _free_port()
+    app, tls, endpoints = await asyncio.to_thread(
+        _hddt_setup, store, options.state_dir, patient_ids, port)
+    server = HttpsServer(app, tls=tls, port=port)
+    await asyncio.to_thread(server.start)
+    stack.callback(server.stop)
+    say(f"hddt        FHIR {endpoints.fhir_base_url} (TLS; CA {endpoints.ca_certificate})")
+    say(f"            authorization server {endpoints.issuer}, DiGA {DEMO_DIGA_ID}")
+    return endpoints
 
 
 def _ready_line(hddt: HddtEndpoints | None) -> str:
