@@ -10,6 +10,7 @@ entry. Only GET reads and searches exist, plus ``POST _search`` and
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
 import time
 import uuid
@@ -152,7 +153,12 @@ class FhirApp:
             rows, devices = self.service.cgm_points(grant, req.start, req.end)
             points = [summary.CgmPoint(r.time, r.value, r.device_id) for r in rows]
             refs = {d: self.service.full_url(res) for d, res in devices.items()}
-            return summary.cgm_summary_bundle(req, points, patient_reference=None,
+            # The HL7 CGM profiles make subject 1..1 while security-and-privacy.md says a
+            # subject SHOULD NOT be sent: following the profile, the reference is a pseudonym
+            # of the pairing (never the backend's patient id), with no Patient behind it.
+            pseudonym = hashlib.sha256(f"hddt-pairing|{grant.pairing_id}".encode()).hexdigest()
+            return summary.cgm_summary_bundle(req, points,
+                                              patient_reference=f"Patient/{pseudonym[:32]}",
                                               device_references=refs, now=now,
                                               id_factory=lambda: str(uuid.uuid4()),
                                               devices=devices)
