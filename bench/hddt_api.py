@@ -1,0 +1,350 @@
+"""Benchmark of the HDDT resource server over real HTTP with PostgreSQL.
+
+A private PostgreSQL holds one patient with a week of CGM readings (and a meter), written
+through the ingest processor. uvicorn serves, on 127.0.0.1, the FHIR app mounted at
+``/fhir`` (StaticAccessResolver, audit on, no rate limit) and ``/baseline``, a route of the
+bench's own app that answers a precomputed body as large as the search answer. A keep-alive
+HTTP/1.1 load generator (asyncio streams, ``--concurrency`` connections) measures
+requests/s and p50/p99 latency of
+
+* the 24 h CGM search with ``_include=Observation:device`` and
+  ``_include:iterate=DeviceMetric:source``, and
+* the baseline,
+
+then the vendor holdup: a reading is ingested and the interface polled until it shows
+(blood glucose: the newest Observation; CGM: the current chunk).
+
+Run from a checkout: ``.venv/bin/python bench/hddt_api.py``. The last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+# The private PostgreSQL launcher lives with the tests; run from a checkout.
+from starlette.requests import Request  # noqa: E402
+from starlette.responses import Response  # noqa: E402
+
+from bridge.backend import registry  # noqa: E402
+from bridge.backend.ingest import Inbound, IngestProcessor  # noqa: E402
+from bridge.backend.store import Store  # noqa: E402
+from bridge.messages import RecordsMessage, batches, records_topic  # noqa: E402
+from bridge.records import (  # noqa: E402
+    AnyRecord,
+    BloodGlucoseReading,
+    CgmReading,
+    DeviceInfo,
+    DeviceKind,
+)
+from tests.backend.postgres import PostgresServer, postgres_available  # noqa: E402
+
+TOKEN = "bench-token"
+CGM = DeviceInfo(device_id="bench-cgm", kind=DeviceKind.CGM, manufacturer="Example Medical",
+                 model="CGM-1", serial_number="SN-CGM-1")
+METER = DeviceInfo(device_id="bench-meter", kind=DeviceKind.BLOOD_GLUCOSE_METER,
+                   manufacturer="Example Medical", model="Meter-1", serial_number="SN-M-1")
+
+
+# --- the server process ----------------------------------------------------------------------
+
+def serve(url: str, port: int, base: str) -> None:
+    """uvicorn with the FHIR app at /fhir and the baseline at /baseline."""
+    import uvicorn  # noqa: PLC0415
+    from fastapi import FastAPI  # noqa: PLC0415
+
+    from bridge.hddt.access import (  # noqa: PLC0415
+        MIV_BLOOD_GLUCOSE,
+        MIV_CONTINUOUS_GLUCOSE,
+        SCOPE_DEVICE,
+        SCOPE_DEVICE_METRIC,
+        AccessGrant,
+        StaticAccessResolver,
+        observation_scope,
+    )
+    from bridge.hddt.app import create_fhir_app  # noqa: PLC0415
+    from bridge.hddt.settings import HddtSettings  # noqa: PLC0415
+
+    store = Store.open(url, migrate=False)
+    grant = AccessGrant(pairing_id="bench-pairing", patient_id="p-bench",
+                        client_id="urn:diga:bfarm:00000", scopes=frozenset({
+                            observation_scope(MIV_CONTINUOUS_GLUCOSE),
+                            observation_scope(MIV_BLOOD_GLUCOSE), SCOPE_DEVICE,
+                            SCOPE_DEVICE_METRIC}))
+    fhir = create_fhir_app(store, HddtSettings(rate_limit_per_minute=None),
+                           StaticAccessResolver({TOKEN: grant}), base_url=base + "/fhir")
+    app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
+    body = {"data": b""}
+
+    @app.post("/baseline")
+    async def set_baseline(request: Request) -> Response:
+        body["data"] = await request.body()
+        return Response(b"", status_code=204)
+
+    @app.get("/baseline")
+    async def baseline() -> Response:
+        return Response(body["data"], media_type="application/fhir+json; charset=utf-8")
+
+    app.mount("/fhir", fhir)
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    fhir.state.hddt.audit.close()
+
+
+# --- load generator --------------------------------------------------------------------------
+
+async def _request(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                   raw: bytes) -> tuple[int, bytes]:
+    writer.write(raw)
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    length = 0
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        if name.strip().lower() == "content-length":
+            length = int(value)
+    return status, await reader.readexactly(length)
+
+
+def _raw(method: str, path: str, body: bytes = b"") -> bytes:
+    return (f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n"
+            f"Accept: application/fhir+json\r\nContent-Length: {len(body)}\r\n\r\n"
+            ).encode() + body
+
+
+async def _load(port: int, path: str, *, concurrency: int, seconds: float
+                ) -> dict[str, Any]:
+    raw = _raw("GET", path)
+    latencies: list[float] = []
+    sizes: set[int] = set()
+    errors = 0
+    deadline = 0.0
+
+    async def worker() -> None:
+        nonlocal errors
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            while time.perf_counter() < deadline:
+                t0 = time.perf_counter()
+                status, body = await _request(reader, writer, raw)
+                latencies.append(time.perf_counter() - t0)
+                sizes.add(len(body))
+                if status != 200:
+                    errors += 1
+        finally:
+            writer.close()
+
+    # Warm-up, then the measured run.
+    deadline = time.perf_counter() + 1.0
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    latencies.clear()
+    started = time.perf_counter()
+    deadline = started + seconds
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    ordered = sorted(latencies)
+    return {"requests": len(ordered), "seconds": elapsed,
+            "requests_per_s": len(ordered) / elapsed,
+            "p50_ms": 1000 * statistics.median(ordered),
+            "p99_ms": 1000 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))],
+            "errors": errors, "body_bytes": max(sizes)}
+
+
+async def _get(port: int, path: str) -> tuple[int, bytes]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        return await _request(reader, writer, _raw("GET", path))
+    finally:
+        writer.close()
+
+
+async def _post(port: int, path: str, body: bytes) -> int:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        status, _ = await _request(reader, writer, _raw("POST", path, body))
+        return status
+    finally:
+        writer.close()
+
+
+# --- data ------------------------------------------------------------------------------------
+
+def _send(store: Store, info: DeviceInfo, records: list[AnyRecord], when: dt.datetime) -> None:
+    inbound = [Inbound(records_topic("gw-bench"),
+                       RecordsMessage("gw-bench", info, part).to_bytes(), when)
+               for part in batches(records, 200)]
+    IngestProcessor(store).ingest(inbound)
+
+
+def fill(store: Store, now: dt.datetime, days: int, interval_min: int) -> int:
+    with store.begin() as conn:
+        registry.provision_patient(conn, "p-bench", actor="bench")
+        registry.provision_gateway(conn, "gw-bench", patient_id="p-bench", actor="bench")
+    start = now - dt.timedelta(days=days)
+    n = days * 24 * 60 // interval_min
+    cgm: list[AnyRecord] = [
+        CgmReading(device_id=CGM.device_id, time=start + dt.timedelta(minutes=interval_min * i),
+                   glucose_mg_dl=float(90 + (i * 7) % 130), quality_percent=100.0)
+        for i in range(n)]
+    _send(store, CGM, cgm, now)
+    meter: list[AnyRecord] = [
+        BloodGlucoseReading(device_id=METER.device_id, sequence=i,
+                            time=start + dt.timedelta(hours=6 * i), glucose_mg_dl=100.0 + i)
+        for i in range(days * 4)]
+    _send(store, METER, meter, now)
+    return n
+
+
+# --- main ------------------------------------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _wait_port(port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"the server did not listen on port {port}")
+
+
+def z(value: dt.datetime) -> str:
+    return value.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+async def holdup(store: Store, port: int, now: dt.datetime) -> dict[str, float]:
+    """Seconds from the commit of an ingested reading to its visibility on the interface."""
+    bg_time = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(seconds=5)
+    reading = BloodGlucoseReading(device_id=METER.device_id, sequence=10_000, time=bg_time,
+                                  glucose_mg_dl=123.0)
+    _send(store, METER, [reading], dt.datetime.now(dt.UTC))
+    committed = time.perf_counter()
+    path = "/fhir/Observation?code=41653-7&_sort=-date&_count=1"
+    while True:
+        _status, body = await _get(port, path)
+        if z(bg_time) in body.decode():
+            bg = time.perf_counter() - committed
+            break
+    cgm_time = dt.datetime.now(dt.UTC).replace(second=0, microsecond=0)
+    _send(store, CGM, [CgmReading(device_id=CGM.device_id, time=cgm_time, glucose_mg_dl=77.0)],
+          dt.datetime.now(dt.UTC))
+    committed = time.perf_counter()
+    path = ("/fhir/Observation?code=99504-3&_sort=-date&_count=1&date=ge"
+            + quote(z(cgm_time - dt.timedelta(hours=2))))
+    while True:
+        _status, body = await _get(port, path)
+        doc = json.loads(body)
+        chunk = doc["entry"][0]["resource"] if doc.get("entry") else {}
+        data = chunk.get("valueSampledData", {}).get("data", "")
+        if data.split() and data.split()[-1] == "77" and chunk["effectivePeriod"]["start"] <= z(
+                cgm_time):
+            cg = time.perf_counter() - committed
+            break
+    return {"bg_s": bg, "cgm_s": cg}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--serve", nargs=3, metavar=("URL", "PORT", "BASE"),
+                        help=argparse.SUPPRESS)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--days", type=int, default=7, help="days of CGM data stored")
+    parser.add_argument("--interval", type=int, default=5, help="CGM sample interval, minutes")
+    args = parser.parse_args()
+    if args.serve:
+        url, port, base = args.serve
+        serve(url, int(port), base)
+        return
+    if not postgres_available():
+        sys.exit("PostgreSQL server binaries are needed (initdb, pg_ctl)")
+    pg = PostgresServer()
+    server: subprocess.Popen[bytes] | None = None
+    try:
+        pg.start()
+        url = pg.url(pg.create_database("hddt_bench"))
+        now = dt.datetime.now(dt.UTC)
+        with Store.open(url) as store:
+            t0 = time.perf_counter()
+            n = fill(store, now, args.days, args.interval)
+            print(f"stored {n} CGM readings ({args.days} days every {args.interval} min) in "
+                  f"{time.perf_counter() - t0:.1f} s", flush=True)
+            port = _free_port()
+            base = f"http://127.0.0.1:{port}"
+            server = subprocess.Popen([sys.executable, __file__, "--serve", url, str(port),
+                                       base], env=os.environ | {"PYTHONPATH": str(ROOT)})
+            _wait_port(port)
+            day_end = now.replace(minute=0, second=0, microsecond=0)
+            day_start = day_end - dt.timedelta(days=1)
+            search = (f"/fhir/Observation?code=99504-3&date=ge{quote(z(day_start))}"
+                      f"&date=lt{quote(z(day_end))}&_count=100&_include=Observation:device"
+                      "&_include:iterate=DeviceMetric:source")
+            status, body = asyncio.run(_get(port, search))
+            doc = json.loads(body)
+            chunks = sum(e["search"]["mode"] == "match" for e in doc.get("entry", []))
+            print(f"24 h search: HTTP {status}, {chunks} chunks, "
+                  f"{len(doc.get('entry', [])) - chunks} included, {len(body):,} bytes",
+                  flush=True)
+            assert status == 200 and chunks == 24, (status, body[:300])
+            posted = asyncio.run(_post(port, "/baseline", body))
+            assert posted == 204, posted
+            fhir = asyncio.run(_load(port, search, concurrency=args.concurrency,
+                                     seconds=args.seconds))
+            print(f"CGM search with includes: {fhir['requests_per_s']:,.0f} requests/s, "
+                  f"p50 {fhir['p50_ms']:.1f} ms, p99 {fhir['p99_ms']:.1f} ms "
+                  f"({fhir['requests']} requests, {fhir['errors']} errors, "
+                  f"concurrency {args.concurrency})", flush=True)
+            base_run = asyncio.run(_load(port, "/baseline", concurrency=args.concurrency,
+                                         seconds=args.seconds))
+            print(f"baseline (same body precomputed): {base_run['requests_per_s']:,.0f} "
+                  f"requests/s, p50 {base_run['p50_ms']:.1f} ms, p99 "
+                  f"{base_run['p99_ms']:.1f} ms", flush=True)
+            ratio = fhir["requests_per_s"] / base_run["requests_per_s"]
+            print(f"ratio to baseline: {ratio:.2f}", flush=True)
+            hold = asyncio.run(holdup(store, port, now))
+            print(f"vendor holdup (ingest commit -> visible): blood glucose "
+                  f"{1000 * hold['bg_s']:.1f} ms (limit 60 s), CGM {1000 * hold['cgm_s']:.1f} ms "
+                  f"(limit 15 min)", flush=True)
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(10)
+        pg.close()
+        shutil.rmtree(pg.root, ignore_errors=True)
+    print(json.dumps({
+        "search_requests_per_s": round(fhir["requests_per_s"], 1),
+        "search_p50_ms": round(fhir["p50_ms"], 2), "search_p99_ms": round(fhir["p99_ms"], 2),
+        "baseline_requests_per_s": round(base_run["requests_per_s"], 1),
+        "baseline_p50_ms": round(base_run["p50_ms"], 2),
+        "baseline_p99_ms": round(base_run["p99_ms"], 2),
+        "ratio_to_baseline": round(ratio, 3), "concurrency": args.concurrency,
+        "body_bytes": fhir["body_bytes"], "chunks": chunks, "errors": fhir["errors"],
+        "holdup_blood_glucose_ms": round(1000 * hold["bg_s"], 1),
+        "holdup_cgm_ms": round(1000 * hold["cgm_s"], 1),
+    }))
+
+
+if __name__ == "__main__":
+    main()
