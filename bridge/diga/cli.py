@@ -82,6 +82,9 @@ def register(subparsers: Any) -> None:
                    help="re-ask this much before where the last poll stopped, for data "
                         "the recorder receives late (its Delay-From-Real-Time); readings "
                         "already delivered are dropped")
+    p.add_argument("--replay", action="store_true",
+                   help="read from --since/--days again with a fresh cursor, leaving the "
+                        "pairing's cursor untouched (e.g. to plot a period)")
     p.add_argument("--format", choices=["table", "json", "none"], default="table",
                    help="how to print the new readings (default table)")
     p.add_argument("--plot", metavar="spark|FILE.svg",
@@ -291,7 +294,7 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
         polls = 0
         collected: list[Reading] = []
         while True:
-            result = _poll(client, name, args.kind, start, overlap)
+            result = _poll(client, name, args.kind, start, overlap, replay=args.replay)
             polls += 1
             collected.extend(result.readings)
             _print_result(result, args.format)
@@ -315,16 +318,16 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
 
 
 def _poll(client: DigaClient, name: str, kind: str, start: dt.datetime,
-          overlap: dt.timedelta) -> PollResult:
+          overlap: dt.timedelta, *, replay: bool) -> PollResult:
     state = client.store.load(name)
     result = PollResult()
     granted = state.scopes
     if kind in {"bg", "all"} and (kind == "bg" or observation_scope(MIV_BLOOD_GLUCOSE)
                                   in granted):
-        result.extend(client.fetch_blood_glucose(name, start, overlap))
+        result.extend(client.fetch_blood_glucose(name, start, overlap, replay=replay))
     if kind in {"cgm", "all"} and (kind == "cgm" or observation_scope(MIV_CONTINUOUS_GLUCOSE)
                                    in granted):
-        result.extend(client.fetch_cgm(name, start, overlap))
+        result.extend(client.fetch_cgm(name, start, overlap, replay=replay))
     return result
 
 
@@ -357,7 +360,7 @@ def _cmd_summary(args: argparse.Namespace) -> int:
 
 def _cmd_show(args: argparse.Namespace) -> int:
     store = _store(args)
-    names = [_name(args)] if args.name else store.names()
+    names = [_name(args)] if args.name or args.patient else store.names()
     if not names:
         print(f"no pairings in {store.folder}")
         return 0

@@ -59,6 +59,8 @@ from bridge.diga.pkce import make_state, make_verifier, s256_challenge
 from bridge.diga.polling import (
     BLOOD_GLUCOSE_CODES,
     CGM_CODES,
+    ContinuousCursor,
+    DedicatedCursor,
     PollResult,
     Rejected,
     bundle_observations,
@@ -416,25 +418,31 @@ class DigaClient:
     # --- FHIR reads ---------------------------------------------------------------------------
 
     def fetch_blood_glucose(self, name: str, start: dt.datetime,
-                            overlap: dt.timedelta = dt.timedelta(0)) -> PollResult:
-        """New blood glucose readings since the last poll (``start`` on the first)."""
+                            overlap: dt.timedelta = dt.timedelta(0), *,
+                            replay: bool = False) -> PollResult:
+        """New blood glucose readings since the last poll (``start`` on the first).
+
+        ``replay``: read everything from ``start`` again with a fresh cursor and leave the
+        pairing's cursor where it is (to look at or plot a period)."""
         with self.store.lock(name):
             state = self._paired(name)
+            cursor = DedicatedCursor() if replay else state.blood_glucose
             params = {"code": code_parameter(BLOOD_GLUCOSE_CODES),
-                      "date": state.blood_glucose.search_date(start, overlap),
-                      "_sort": "date"}
+                      "date": cursor.search_date(start, overlap), "_sort": "date"}
             observations = self._search(state, params)
-            result = state.blood_glucose.take(observations, overlap)
+            result = cursor.take(observations, overlap)
             self.store.save(state)
             return result
 
     def fetch_cgm(self, name: str, start: dt.datetime,
-                  overlap: dt.timedelta = dt.timedelta(0)) -> PollResult:
+                  overlap: dt.timedelta = dt.timedelta(0), *, replay: bool = False
+                  ) -> PollResult:
         """New CGM samples since the last poll: re-read the open chunks by id, then search
-        for newer chunks when the newest known one is final (``start`` on the first)."""
+        for newer chunks when the newest known one is final (``start`` on the first).
+        ``replay`` as for :meth:`fetch_blood_glucose`."""
         with self.store.lock(name):
             state = self._paired(name)
-            cursor = state.cgm
+            cursor = ContinuousCursor() if replay else state.cgm
             result = PollResult()
             for chunk_id in cursor.open_chunks():
                 try:

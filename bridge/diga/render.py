@@ -138,8 +138,11 @@ def _polyline(points: list[str]) -> str:
 
 
 def summary_lines(bundle: Mapping[str, Any]) -> list[str]:
-    """The CGM summary report (``$hddt-cgm-summary`` Bundle) as ``name: value`` lines."""
+    """The CGM summary report (``$hddt-cgm-summary`` Bundle) as lines: the reporting period
+    once, then ``name: value`` per Observation (and per component), then the devices."""
     lines: list[str] = []
+    devices: list[str] = []
+    period_shown = False
     for entry in bundle.get("entry") or []:
         resource = entry.get("resource") if isinstance(entry, dict) else None
         if not isinstance(resource, dict):
@@ -147,19 +150,19 @@ def summary_lines(bundle: Mapping[str, Any]) -> list[str]:
         kind = resource.get("resourceType")
         if kind == "Device":
             names = resource.get("deviceName") or [{}]
-            lines.append(f"device: {names[0].get('name', resource.get('id', '?'))}")
+            devices.append(f"device: {names[0].get('name', resource.get('id', '?'))}")
             continue
         if kind != "Observation":
             continue
         period = resource.get("effectivePeriod") or {}
-        if period:
-            lines.append(f"{_display(resource)} ({period.get('start', '?')} to "
-                         f"{period.get('end', '?')})")
-        else:
-            lines.append(f"{_display(resource)}: {_value(resource)}")
+        if period and not period_shown:
+            lines.append(f"period: {period.get('start', '?')} to {period.get('end', '?')}")
+            period_shown = True
+        value = _value(resource)
+        lines.append(_display(resource) + ("" if value == "-" else f": {value}"))
         for component in resource.get("component") or []:
             lines.append(f"  {_display(component)}: {_value(component)}")
-    return lines
+    return lines + devices
 
 
 def _display(element: Mapping[str, Any]) -> str:

@@ -283,6 +283,12 @@ def test_command_line(sandbox: Sandbox, tmp_path: Path, capsys: pytest.CaptureFi
     assert (tmp_path / "chart.svg").read_text().startswith("<svg")
     code, out, err = run("fetch", "--name", "carol", "--plot", "spark")
     assert code == 0 and "0 new readings" in err
+    # --replay reads the period again without moving the cursor.
+    code, out, err = run("fetch", "--name", "carol", "--days", "3", "--replay",
+                         "--format", "json")
+    assert code == 0 and len(out.splitlines()) == len(rows)
+    code, out, err = run("fetch", "--name", "carol")
+    assert code == 0 and "0 new readings" in err
 
     code, out, _ = run("summary", "--name", "carol", "--days", "7")
     assert code == 0 and out.strip()

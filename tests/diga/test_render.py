@@ -62,5 +62,5 @@ def test_summary_lines() -> None:
                       "dataAbsentReason": {"coding": [{"code": "unknown"}]}}},
         {"resource": {"resourceType": "Device", "deviceName": [{"name": "Sensor X"}]}}]}
     assert summary_lines(report) == [
-        "CGM Summary (2027-02-15 to 2027-03-01)", "Mean glucose: 142 mg/dL",
+        "period: 2027-02-15 to 2027-03-01", "CGM Summary", "Mean glucose: 142 mg/dL",
         "GMI: absent (unknown)", "device: Sensor X"]
