@@ -144,11 +144,18 @@ def uvicorn_config(app: Any, *, host: str, port: int, tls: TlsFiles,
     return config
 
 
+#: TLS 1.2 cipher suites kept (BSI TR-02102-2: ECDHE key exchange, AEAD ciphers); the TLS 1.3
+#: suites are fixed by OpenSSL and all acceptable.
+TLS12_CIPHERS = "ECDHE+AESGCM"
+
+
 def _harden(config: uvicorn.Config) -> None:
-    # BSI TR-02102-2: TLS 1.2 or 1.3 only.
+    # BSI TR-02102-2 (security-and-privacy.md "Secure Communication via mTLS"): TLS 1.2 or
+    # 1.3 only, forward secrecy and authenticated encryption.
     config.load()
     if config.ssl is not None:
         config.ssl.minimum_version = ssl.TLSVersion.TLSv1_2
+        config.ssl.set_ciphers(TLS12_CIPHERS)
 
 
 def serve(app: Any, *, host: str, port: int, tls: TlsFiles, log_level: str = "info") -> None:

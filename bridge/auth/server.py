@@ -521,7 +521,7 @@ class HddtAuthorizationServer(AuthorizationServer):  # type: ignore[misc]
             raise OAuthError(400, "invalid_request", PAR_REQUIRED)
         found = rows.load_par(_conn(), request_uri)
         if (found is None or found.used_at is not None or found.expires_at <= now_utc()
-                or (client_id is not None and client_id != found.client_id)):
+                or client_id != found.client_id):
             raise OAuthError(400, "invalid_request", PAR_UNKNOWN)
         entry = get_client(_conn(), found.client_id)
         if entry is None or not entry.active:

@@ -145,6 +145,8 @@ def test_unknown_or_used_request_uri_is_refused(box: Sandbox) -> None:
     other = ua.get("/authorize", params={"client_id": DIGA_B,
                                          "request_uri": pending.request_uri})
     assert other.status_code == 400
+    no_client = ua.get("/authorize", params={"request_uri": pending.request_uri})
+    assert no_client.status_code == 400
     box.consent(pending, "alice")
     used = ua.get("/authorize", params={"client_id": DIGA_A,
                                         "request_uri": pending.request_uri})
