@@ -164,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_backend(sub)
     register_broker(sub)  # joins the "backend" command registered just above
     __import__("bridge.diga.cli", fromlist=["register"]).register(sub)  # hddt-bridge diga
-    __import__("bridge.diga.cli", fromlist=["register"]).register(sub)  # hddt-bridge diga
+    __import__("bridge.auth.cli", fromlist=["register"]).register(sub)  # auth, serve
     return parser
 
 
