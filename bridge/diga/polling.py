@@ -69,12 +69,14 @@ class Reading:
     flag: str = ""
     #: Observation status (``final``, or ``preliminary`` for a chunk still filling).
     status: str = "final"
+    #: ``Observation.device`` reference (a Device or the DeviceMetric of its sensor).
+    device: str = ""
 
     def to_json(self) -> dict[str, Any]:
         """The reading as a JSON object (times in ISO 8601 UTC)."""
         return {"kind": self.kind, "time": iso(self.time), "value": self.value,
                 "unit": self.unit, "code": self.code, "observation": self.observation_id,
-                "flag": self.flag, "status": self.status}
+                "flag": self.flag, "status": self.status, "device": self.device}
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +160,12 @@ def loinc_code(observation: Mapping[str, Any]) -> str | None:
         if isinstance(coding, dict) and coding.get("system") == LOINC and coding.get("code"):
             return str(coding["code"])
     return None
+
+
+def device_reference(observation: Mapping[str, Any]) -> str:
+    """``Observation.device.reference`` ("" when absent)."""
+    device = observation.get("device")
+    return str(device.get("reference", "")) if isinstance(device, dict) else ""
 
 
 def code_parameter(codes: Iterable[str]) -> str:
@@ -263,7 +271,8 @@ def _dedicated_reading(observation: Mapping[str, Any], oid: str, code: str,
     comparator = str(quantity.get("comparator", ""))
     return Reading(kind=BLOOD_GLUCOSE, time=_effective_time(observation),
                    value=float(quantity["value"]), unit=unit, code=code, observation_id=oid,
-                   flag=comparator if comparator in {"<", ">"} else "", status=status)
+                   flag=comparator if comparator in {"<", ">"} else "", status=status,
+                   device=device_reference(observation))
 
 
 def _absent_reason(observation: Mapping[str, Any]) -> str:
@@ -399,14 +408,15 @@ class ContinuousCursor:
             # dataAbsentReason temp-unknown: nothing yet; the chunk stays preliminary.
             return
         readings, problem = _samples(sampled, start=start, code=code, oid=oid, status=status,
-                                     delivered=mark.delivered)
+                                     delivered=mark.delivered,
+                                     device=device_reference(observation))
         if problem:
             result.rejected.append(Rejected(oid, problem))
         result.readings.extend(readings)
 
 
 def _samples(sampled: Any, *, start: dt.datetime, code: str, oid: str, status: str,
-             delivered: set[int]) -> tuple[list[Reading], str]:
+             delivered: set[int], device: str) -> tuple[list[Reading], str]:
     """The new samples of a chunk; marks them in ``delivered``. Returns a refusal reason for
     samples the client must not use (then marking them, so the refusal is reported once)."""
     if not isinstance(sampled, dict):
@@ -454,7 +464,7 @@ def _samples(sampled: Any, *, start: dt.datetime, code: str, oid: str, status: s
                 refused += 1
                 continue
         readings.append(Reading(kind=CGM, time=time, value=value, unit=unit, code=code,
-                                observation_id=oid, flag=flag, status=status))
+                                observation_id=oid, flag=flag, status=status, device=device))
     return readings, refusal if refused else ""
 
 

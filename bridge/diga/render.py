@@ -16,6 +16,7 @@ from bridge.diga.polling import BLOOD_GLUCOSE, CGM, Reading, iso
 from bridge.records import mmol_l_to_mg_dl
 
 _BLOCKS = "▁▂▃▄▅▆▇█"
+_LINE_COLOURS = ("#1f6fb2", "#8e44ad", "#16a085", "#d35400")
 #: Consensus target range for time in range, mg/dL (drawn as a band).
 TARGET_LOW, TARGET_HIGH = 70.0, 180.0
 
@@ -100,21 +101,27 @@ def svg(readings: Sequence[Reading], *, title: str = "Glucose", width: int = 900
                      f'text-anchor="end">{level}</text>')
     for i in range(5):
         tick = t0 + dt.timedelta(seconds=span * i / 4)
-        parts.append(f'<text x="{x(tick):.1f}" y="{height - 14}" text-anchor="middle">'
+        anchor = "start" if i == 0 else "end" if i == 4 else "middle"
+        parts.append(f'<text x="{x(tick):.1f}" y="{height - 14}" text-anchor="{anchor}">'
                      f'{tick.strftime("%m-%d %H:%M")}</text>')
     parts.append(f'<text x="14" y="{top + plot_h / 2:.0f}" transform="rotate(-90 14 '
                  f'{top + plot_h / 2:.0f})" text-anchor="middle">mg/dL</text>')
     cgm = [(r, v) for r, v in valued if r.kind == CGM]
-    # A gap of more than 15 minutes breaks the CGM line (missing data is not drawn over).
-    segment: list[str] = []
-    previous: dt.datetime | None = None
-    for r, v in cgm:
-        if previous is not None and (r.time - previous) > dt.timedelta(minutes=15):
-            parts.append(_polyline(segment))
-            segment = []
-        segment.append(f"{x(r.time):.1f},{y(v):.1f}")
-        previous = r.time
-    parts.append(_polyline(segment))
+    # One line per sensor (a new sensor is a new Device, retrieving-data.md "Changing
+    # Devices"); a gap of more than 15 minutes breaks it (missing data is not drawn over).
+    for index, device in enumerate(sorted({r.device for r, _ in cgm})):
+        colour = _LINE_COLOURS[index % len(_LINE_COLOURS)]
+        segment: list[str] = []
+        previous: dt.datetime | None = None
+        for r, v in cgm:
+            if r.device != device:
+                continue
+            if previous is not None and (r.time - previous) > dt.timedelta(minutes=15):
+                parts.append(_polyline(segment, colour))
+                segment = []
+            segment.append(f"{x(r.time):.1f},{y(v):.1f}")
+            previous = r.time
+        parts.append(_polyline(segment, colour))
     for r, v in valued:
         if r.kind == BLOOD_GLUCOSE:
             parts.append(f'<circle cx="{x(r.time):.1f}" cy="{y(v):.1f}" r="3.5" '
@@ -130,10 +137,10 @@ def svg(readings: Sequence[Reading], *, title: str = "Glucose", width: int = 900
     return "\n".join(p for p in parts if p)
 
 
-def _polyline(points: list[str]) -> str:
+def _polyline(points: list[str], colour: str) -> str:
     if len(points) < 2:
         return ""
-    return (f'<polyline fill="none" stroke="#1f6fb2" stroke-width="1.5" '
+    return (f'<polyline fill="none" stroke="{colour}" stroke-width="1.5" '
             f'points="{" ".join(points)}"/>')
 
 

@@ -11,9 +11,10 @@ from bridge.diga.render import mg_dl, sparkline, summary_lines, svg, table
 T0 = dt.datetime(2027, 3, 1, tzinfo=dt.UTC)
 
 
-def _cgm(minutes: int, value: float, flag: str = "") -> Reading:
+def _cgm(minutes: int, value: float, flag: str = "", device: str = "Device/s1") -> Reading:
     return Reading(kind=CGM, time=T0 + dt.timedelta(minutes=minutes), value=value,
-                   unit="mg/dL", code="99504-3", observation_id="c1", flag=flag)
+                   unit="mg/dL", code="99504-3", observation_id="c1", flag=flag,
+                   device=device)
 
 
 def test_table_lists_each_reading_in_its_unit() -> None:
@@ -41,9 +42,12 @@ def test_svg_is_well_formed_and_breaks_the_line_at_gaps() -> None:
     readings.append(Reading(kind=BLOOD_GLUCOSE, time=T0 + dt.timedelta(minutes=30),
                             value=20, unit="mg/dL", code="2339-0", observation_id="b",
                             flag="<"))
+    readings += [_cgm(5 * i + 2, 90, device="Device/s2") for i in range(10)]  # 2nd sensor
     root = ET.fromstring(svg(readings, title="A <title>"))
     ns = "{http://www.w3.org/2000/svg}"
-    assert len(root.findall(f"{ns}polyline")) == 2
+    lines = root.findall(f"{ns}polyline")
+    assert len(lines) == 3
+    assert len({line.get("stroke") for line in lines}) == 2
     assert len(root.findall(f"{ns}circle")) == 1
     texts = [t.text for t in root.iter(f"{ns}text")]
     assert "A <title>" in texts and "LO" in texts
