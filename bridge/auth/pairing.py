@@ -124,8 +124,9 @@ def record_consent(conn: Connection, *, pairing_id: str, patient_id: str, client
     else:
         conn.execute(pairings.update().where(pairings.c.id == pairing_id).values(**values))
     audit(conn, actor=actor, action="pairing-consented", subject_type="pairing",
-          subject_id=pairing_id, detail={"client_id": client_id, "scopes": granted,
-                                         "expires_at": expires_at.isoformat()})
+          subject_id=pairing_id, patient_id=patient_id,
+          detail={"client_id": client_id, "scopes": granted,
+                  "expires_at": expires_at.isoformat()})
     pairing = get_pairing(conn, pairing_id)
     assert pairing is not None
     return pairing
@@ -143,8 +144,10 @@ def revoke_pairing(conn: Connection, pairing_id: str, *, by: str, actor: str,
         oauth_grants.c.pairing_id == pairing_id, oauth_grants.c.revoked_at.is_(None)).values(
         revoked_at=now, revoked_reason=by))
     if done:
+        found = get_pairing(conn, pairing_id)
         audit(conn, actor=actor, action="pairing-revoked", subject_type="pairing",
-              subject_id=pairing_id, detail={"by": by})
+              subject_id=pairing_id, patient_id=None if found is None else found.patient_id,
+              detail={"by": by})
     return bool(done)
 
 
