@@ -293,6 +293,10 @@ class DigaClient:
                                                location)
                     url, method, data = location, "GET", None
                     continue
+                if response.status_code >= 400 and logged_in and any(
+                        f.has_password for f in parse_forms(response.text)):
+                    raise PairingFlowError(f"the portal refused the login: "
+                                           f"{_page_error(response.text)}", url)
                 if response.status_code >= 400:
                     raise PairingFlowError(
                         f"the portal answered {response.status_code}: "

@@ -218,9 +218,11 @@ def parse_forms(html: str) -> list[Form]:
 
 
 def page_error(html: str) -> str:
-    """A short text of an error page (its <title> and first heading), for messages."""
+    """A short text of an error page (its <title>, first heading and error line)."""
     title = re.search(r"<title[^>]*>(.*?)</title>", html, re.IGNORECASE | re.DOTALL)
     heading = re.search(r"<h1[^>]*>(.*?)</h1>", html, re.IGNORECASE | re.DOTALL)
-    parts = [" ".join(re.sub(r"<[^>]+>", " ", m.group(1)).split()) for m in (title, heading)
-             if m]
+    error = re.search(r"<(?:p|div|span)[^>]*class=\"[^\"]*\berror\b[^\"]*\"[^>]*>(.*?)</",
+                      html, re.IGNORECASE | re.DOTALL)
+    parts = [" ".join(re.sub(r"<[^>]+>", " ", m.group(1)).split())
+             for m in (title, heading, error) if m]
     return " - ".join(dict.fromkeys(p for p in parts if p))[:200]

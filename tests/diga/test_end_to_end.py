@@ -26,7 +26,14 @@ from bridge.backend.ingest import Inbound, IngestProcessor
 from bridge.backend.store import Store
 from bridge.diga.client import DigaClient
 from bridge.diga.connection import load_connection
-from bridge.diga.errors import AuthorizationDenied, NotPaired, PairingRevoked
+from bridge.diga.errors import (
+    AuthorizationDenied,
+    DigaError,
+    NotPaired,
+    OAuthError,
+    PairingFlowError,
+    PairingRevoked,
+)
 from bridge.diga.polling import BLOOD_GLUCOSE, CGM, Reading
 from bridge.diga.render import mg_dl
 from bridge.diga.state import PairingStore
@@ -227,6 +234,11 @@ def test_subset_denial_and_revocation_by_the_recorder(sandbox: Sandbox, tmp_path
     connection = load_connection(_write_connection(box, tmp_path, ["bob"]))
     store = PairingStore(tmp_path / "pairings")
     with DigaClient(connection, store) as client:
+        # A wrong portal password: the login page comes back, the client stops.
+        wrong = dataclasses.replace(connection.patient("bob"), portal_password="wrong")
+        with pytest.raises(PairingFlowError, match="refused the login"):
+            client.pair_with_portal("bob", wrong)
+
         # The patient declines: the recorder redirects with access_denied.
         with pytest.raises(AuthorizationDenied) as denied:
             client.pair_with_portal("bob", connection.patient("bob"), deny=True)
@@ -318,3 +330,22 @@ def test_command_line(sandbox: Sandbox, tmp_path: Path, capsys: pytest.CaptureFi
     assert code == 1 and "pairing name" in err
     assert main(["diga", "fetch", "--connection", str(tmp_path / "missing.json")]) == 1
     assert "no such file" in capsys.readouterr().err
+
+
+def test_unknown_certificate_is_refused(sandbox: Sandbox, tmp_path: Path) -> None:
+    box = sandbox
+    path = _write_connection(box, tmp_path, ["bob"])
+    cert, key = box.foreign_certificate(DIGA_A)
+    data = json.loads(path.read_text())
+    data["diga"].update(certificate=str(cert), private_key=str(key))
+    path.write_text(json.dumps(data))
+    with DigaClient(load_connection(path), PairingStore(tmp_path / "p")) as client:
+        # Refused in the TLS handshake or by the authorization server (invalid_client):
+        # either way a clear error and no pairing.
+        with pytest.raises(DigaError) as refused:
+            client.start_pairing("bob")
+        if isinstance(refused.value, OAuthError):
+            assert refused.value.status == 401 and refused.value.error == "invalid_client"
+        else:
+            assert "cannot reach" in str(refused.value)
+        assert not client.store.exists("bob")

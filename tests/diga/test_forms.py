@@ -81,4 +81,6 @@ def test_login_without_fields_refused() -> None:
 def test_page_error_text() -> None:
     assert page_error("<title>400 Bad request</title><h1>Unknown <b>request_uri</b></h1>") == (
         "400 Bad request - Unknown request_uri")
+    assert page_error('<title>Log in</title><h1>Log in</h1><p class="error">Wrong user name '
+                      'or password</p>') == "Log in - Wrong user name or password"
     assert parse_forms("<p>no forms</p>") == []
