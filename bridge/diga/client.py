@@ -562,6 +562,11 @@ class DigaClient:
         for _ in range(MAX_THROTTLED_RETRIES + 1):
             try:
                 response = self._http.request(method, url, **kwargs)
+            except httpx.RemoteProtocolError as exc:
+                # A recorder that does not trust the presented client certificate ends the
+                # TLS connection before answering.
+                raise DigaError(f"cannot reach {url}: {exc} (does the recorder trust this "
+                                "DiGA's client certificate?)") from None
             except httpx.HTTPError as exc:
                 raise DigaError(f"cannot reach {url}: {exc}") from None
             if response.status_code not in {429, 503}:
