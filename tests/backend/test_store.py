@@ -148,7 +148,7 @@ def test_concurrent_starts_migrate_once(pg: PostgresServer) -> None:
     assert errors == []
     engine = create_engine(url)
     try:
-        assert current_revision(engine) == "0001"
+        assert current_revision(engine) == "0002"
     finally:
         engine.dispose()
 
