@@ -11,10 +11,13 @@ Pieces:
 * :func:`classify` checks one message, with no I/O: topic of the v1 layout, size, the
   payload against the schema version it declares (:mod:`bridge.messages`), the payload's
   gateway against the topic's, and contents the database must never see (NUL and control
-  characters, over-long strings, non-finite numbers, integers beyond 64 bits).
+  characters, over-long strings, non-finite numbers, integers beyond 64 bits). A records
+  payload in the agent's canonical form goes straight to rows instead
+  (:mod:`bridge.backend.payload_rows`); anything else takes the full check.
 * :class:`IngestProcessor` commits a batch of classified messages in ONE transaction:
   registry look-ups (unknown gateway, device of another patient), new devices attached to
-  their gateway's patient, rows inserted with ``ON CONFLICT DO NOTHING``, device and
+  their gateway's patient, rows inserted with ``ON CONFLICT DO NOTHING`` (through COPY on
+  PostgreSQL, :func:`bridge.backend.store.write_rows`), device and
   gateway status, CGM calibration state, and dead letters for every refused message. A
   batch the database refuses because of one message's data is split, and that message
   alone becomes a dead letter (``store-rejected``); errors a retry can cure are raised.
@@ -94,8 +97,6 @@ from bridge.records import record_to_json
 log = logging.getLogger(__name__)
 
 _INT64 = 2**63
-#: Longest text accepted in a record (record fields are ids, enum values and timestamps).
-_MAX_RECORD_TEXT = MAX_RECORD_TEXT
 
 
 # --- classification (pure) -------------------------------------------------------------------
@@ -231,7 +232,7 @@ def _check_records(msg: RecordsMessage) -> None:
         if value is not None:
             _check_text(value, f"device.{name}", limit)
     for i, record in enumerate(msg.records):
-        _check_plain(record_to_json(record), f"records[{i}]", _MAX_RECORD_TEXT)
+        _check_plain(record_to_json(record), f"records[{i}]", MAX_RECORD_TEXT)
         key = record.idempotency_key()
         if len(key) > KEY_LEN:
             raise _Refuse("out-of-range", f"records[{i}] key is {len(key)} characters long")
