@@ -545,7 +545,10 @@ class HddtAuthorizationServer(AuthorizationServer):  # type: ignore[misc]
         if not rows.use_par(conn, pushed.request_uri, now):
             raise OAuthError(400, "invalid_request", PAR_UNKNOWN)
         request = self.authorization_request(pushed)
-        grant = self.get_consent_grant(request=request)
+        try:
+            grant = self.get_consent_grant(request=request)
+        except OAuth2Error as exc:  # the pushed request no longer fits the directory entry
+            raise OAuthError(exc.status_code, exc.error, exc.description or exc.error) from None
         redirect_uri: str = grant.redirect_uri
         requested = pushed.params["scope"].split()
         chosen = [s for s in requested if s in set(granted or ())]

@@ -7,7 +7,7 @@ import contextlib
 import os
 import secrets
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
@@ -48,7 +48,6 @@ class AuthSettings:
     proxy_cert_header: str = DEFAULT_PROXY_CERT_HEADER
     #: Portal cookies carry Secure (off only for plain-HTTP unit tests).
     secure_cookies: bool = True
-    extra: dict[str, str] = field(default_factory=dict)
 
     @property
     def documentation_url(self) -> str:

@@ -399,3 +399,27 @@ def test_directory_refuses_a_certificate_registered_for_another_diga(box: Sandbo
         register_diga(box.store, "urn:diga:bfarm:10009", name="Copycat",
                       redirect_uris=["https://copy.example/cb"], scopes=[BG],
                       certificate_pem=box.pki.diga(DIGA_A).cert.read_text())
+
+
+def test_consent_is_refused_when_the_directory_narrowed_the_diga(box: Sandbox) -> None:
+    from bridge.auth.directory import update_client
+    from bridge.hddt.access import SCOPE_DEVICE
+
+    pending = box.push(DIGA_BG_ONLY, scopes=[BG])
+    ua = box.browser()
+    page = ua.get("/portal/login")
+    ua.post("/portal/login", data={"csrf": form_value(page.text, "csrf"), "username": "alice",
+                                   "password": PASSWORD, "next": "/portal/pairings"})
+    consent = ua.get("/authorize", params={"client_id": DIGA_BG_ONLY,
+                                           "request_uri": pending.request_uri})
+    with box.store.begin() as conn:
+        update_client(conn, DIGA_BG_ONLY, actor="test", scopes=[SCOPE_DEVICE])
+    try:
+        decided = ua.post("/authorize", data={
+            "csrf": form_value(consent.text, "csrf"), "client_id": DIGA_BG_ONLY,
+            "request_uri": pending.request_uri, "decision": "allow", "scope": BG})
+        assert decided.status_code == 400 and "invalid_scope" in decided.text
+        assert "location" not in decided.headers
+    finally:
+        with box.store.begin() as conn:
+            update_client(conn, DIGA_BG_ONLY, actor="test", scopes=[BG])
