@@ -147,7 +147,7 @@ def revoke_pairing(conn: Connection, pairing_id: str, *, by: str, actor: str,
         found = get_pairing(conn, pairing_id)
         audit(conn, actor=actor, action="pairing-revoked", subject_type="pairing",
               subject_id=pairing_id, patient_id=None if found is None else found.patient_id,
-              detail={"by": by})
+              detail={"by": by, "client_id": None if found is None else found.client_id})
     return bool(done)
 
 

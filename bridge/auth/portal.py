@@ -34,14 +34,37 @@ from starlette.routing import BaseRoute, Route
 
 from bridge.auth import pairing as rows
 from bridge.auth.accounts import authenticate
-from bridge.auth.directory import get_client
+from bridge.auth.directory import get_client, list_clients
 from bridge.auth.errors import OAuthError
 from bridge.auth.portal_templates import TEMPLATES
 from bridge.auth.scopes import SCOPE_LABELS, SUPPORTED_SCOPES
 from bridge.auth.server import HddtAuthorizationServer, current_connection, run_endpoint
 from bridge.auth.tokens import reading
+from bridge.backend.store import AuditEntry, list_audit
 
 COOKIE = "hddt_portal"
+#: Entries shown on the portal's audit page.
+AUDIT_PAGE = 200
+_ACTIONS = {"pairing-consented": "You agreed to share data",
+            "pairing-denied": "You refused a request to share data",
+            "pairing-revoked": "Sharing stopped",
+            "portal-account-created": "Portal login created"}
+
+
+def audit_row(entry: AuditEntry, names: dict[str, str]) -> dict[str, str]:
+    """One audit entry as the patient reads it."""
+    detail = entry.detail if isinstance(entry.detail, dict) else {}
+    client = str(detail.get("client_id") or detail.get("partner_id") or "")
+    if not client and entry.subject_type == "diga":
+        client = entry.subject_id
+    if entry.action.startswith("hddt-"):
+        what = f"Data request: {entry.action.removeprefix('hddt-')}"
+        result = str(detail.get("status", ""))
+    else:
+        what = _ACTIONS.get(entry.action, entry.action)
+        result = str(detail.get("by", "")) if entry.action == "pairing-revoked" else ""
+    return {"at": entry.at.strftime("%Y-%m-%d %H:%M:%S"), "what": what,
+            "who": names.get(client, client), "result": result}
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,6 +312,23 @@ def portal_routes(server: HddtAuthorizationServer) -> list[BaseRoute]:
                           description="No such pairing")
         return redirect("/portal/pairings?done=revoked", session)
 
+    async def audit_trail(request: Request) -> Response:
+        # security-and-privacy.md "Transparency of Operations": the patient can inspect the
+        # audit trail.
+        session = session_of(request)
+        if session is None or session.patient_id is None:
+            return redirect("/portal/login?next=/portal/audit")
+        patient_id = session.patient_id
+
+        def load() -> list[dict[str, str]]:
+            with reading(server.store) as conn:
+                names = {c.client_id: c.name for c in list_clients(conn)}
+                found = list_audit(conn, patient_id=patient_id, limit=AUDIT_PAGE)
+            return [audit_row(e, names) for e in found]
+
+        entries = await run_in_threadpool(load)
+        return render("audit.html", session, entries=entries, limit=AUDIT_PAGE)
+
     async def registration(request: Request) -> Response:
         return render("registration.html", session_of(request) or codec.fresh(),
                       scopes=SUPPORTED_SCOPES)
@@ -306,6 +346,7 @@ def portal_routes(server: HddtAuthorizationServer) -> list[BaseRoute]:
         Route("/portal/logout", logout, methods=["POST"]),
         Route("/portal/pairings", pairings, methods=["GET"]),
         Route("/portal/pairings/revoke", revoke, methods=["POST"]),
+        Route("/portal/audit", audit_trail, methods=["GET"]),
         Route("/portal/client-registration", registration, methods=["GET"]),
     ]
 

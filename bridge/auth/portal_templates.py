@@ -20,6 +20,7 @@ td,th{border-bottom:1px solid #ddd;padding:.3rem;text-align:left;vertical-align:
 <body>
 <header><p class="muted">Patient portal of the device maker
 {% if logged_in %} · <a href="/portal/pairings">Your pairings</a>
+· <a href="/portal/audit">Who accessed what</a>
 <form method="post" action="/portal/logout" style="display:inline">
 <input type="hidden" name="csrf" value="{{ csrf }}">
 <button type="submit">Log out</button></form>{% endif %}</p></header>
@@ -92,6 +93,21 @@ _PAIRINGS = """{% extends "base.html" %}
 {% endblock %}
 """
 
+_AUDIT = """{% extends "base.html" %}
+{% block title %}Audit trail{% endblock %}
+{% block main %}
+<h1>Who accessed what</h1>
+<p>Pairings, withdrawals and every data request applications made with your consent, newest
+first (the last {{ limit }} entries).</p>
+{% if entries %}
+<table><tr><th>When (UTC)</th><th>What</th><th>Application</th><th>Result</th></tr>
+{% for e in entries %}
+<tr><td>{{ e.at }}</td><td>{{ e.what }}</td><td>{{ e.who }}</td><td>{{ e.result }}</td></tr>
+{% endfor %}</table>
+{% else %}<p>Nothing recorded yet.</p>{% endif %}
+{% endblock %}
+"""
+
 _ERROR = """{% extends "base.html" %}
 {% block title %}Request refused{% endblock %}
 {% block main %}
@@ -118,7 +134,7 @@ authorization requests with PKCE (S256).</p>
 
 TEMPLATES = Environment(
     loader=DictLoader({"base.html": _BASE, "login.html": _LOGIN, "consent.html": _CONSENT,
-                       "pairings.html": _PAIRINGS, "error.html": _ERROR,
+                       "pairings.html": _PAIRINGS, "error.html": _ERROR, "audit.html": _AUDIT,
                        "registration.html": _REGISTRATION}),
     autoescape=select_autoescape(default=True, default_for_string=True),
 )

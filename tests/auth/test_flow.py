@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -175,6 +176,7 @@ def test_prescription_end_caps_the_consent(box: Sandbox) -> None:
 
 def test_patient_revokes_in_the_portal(box: Sandbox) -> None:
     tokens = box.pair(DIGA_B, "bob")
+    assert observations(box, DIGA_B, tokens["access_token"]) is not None
     ua = box.browser()
     page = ua.get("/portal/login?next=/portal/pairings")
     from tests.auth.harness import PASSWORD, form_value
@@ -194,6 +196,23 @@ def test_patient_revokes_in_the_portal(box: Sandbox) -> None:
     refresh = box.refresh(DIGA_B, tokens["refresh_token"])
     assert refresh.status_code == 400 and refresh.json()["error"] == "invalid_grant"
     assert "withdrawn on" in ua.get("/portal/pairings").text
+    # The patient can inspect the audit trail (security-and-privacy.md "Transparency").
+    deadline = time.monotonic() + 10
+    while True:
+        trail = ua.get("/portal/audit")
+        if "Data request" in trail.text or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert trail.status_code == 200
+    for text in ("You agreed to share data", "Sharing stopped", "Data request", "DiGA 10002"):
+        assert text in trail.text
+    assert "alice" not in trail.text
+
+
+def test_audit_page_needs_a_login(box: Sandbox) -> None:
+    response = box.browser().get("/portal/audit")
+    assert response.status_code == 303
+    assert response.headers["location"] == "/portal/login?next=/portal/audit"
 
 
 def test_wrong_password_is_refused(box: Sandbox, tmp_path: Path) -> None:
