@@ -483,7 +483,8 @@ def insert_rows(conn: Connection, table: sa.Table, rows: Sequence[Mapping[str, A
 
 def write_rows(conn: Connection, table: sa.Table, rows: Sequence[tuple[Any, ...]]) -> int:
     """Insert data rows given as tuples in :func:`row_columns` order, skipping keys already
-    stored; returns how many were inserted.
+    stored; returns how many were inserted. The ``record`` column is given as JSON text
+    (serialised ahead of the transaction, see :mod:`bridge.backend.payload_rows`).
 
     PostgreSQL: binary ``COPY`` into a temporary staging table, then one
     ``INSERT … SELECT … ON CONFLICT (key) DO NOTHING`` (a multi-row INSERT of hundreds of rows
@@ -496,8 +497,12 @@ def write_rows(conn: Connection, table: sa.Table, rows: Sequence[tuple[Any, ...]
     columns = row_columns(table)
     if conn.dialect.name == "postgresql":
         return _copy_rows(conn, table, columns, rows)
-    return len(insert_rows(conn, table, [dict(zip(columns, row, strict=True))
-                                         for row in rows]))
+    import json  # noqa: PLC0415
+
+    at = columns.index("record")
+    return len(insert_rows(conn, table, [
+        dict(zip(columns, (*row[:at], json.loads(row[at]), *row[at + 1:]), strict=True))
+        for row in rows]))
 
 
 def _pg_type(column: sa.Column[Any]) -> str:
@@ -525,15 +530,21 @@ _COPY_SQL: dict[str, tuple[str, str, str, list[str]]] = {}
 
 def _copy_statements(table: sa.Table, columns: Sequence[str]) -> tuple[str, str, str, list[str]]:
     if table.name not in _COPY_SQL:
-        stage = f"ingest_stage_{table.name}"
+        stage = f"ingest_staging_{table.name}"
         cols = ", ".join(f'"{c}"' for c in columns)
-        # Same column types as the table (CREATE … AS … WITH NO DATA), emptied at each commit.
+        # JSON travels as text (serialised before the transaction) and becomes jsonb in the
+        # INSERT; every other column has the table's own type (CREATE … AS … WITH NO DATA).
+        # The staging table is emptied at each commit.
+        json_cols = {c for c in columns if isinstance(table.c[c].type, sa.JSON)}
+        staged = ", ".join(f'"{c}"::text AS "{c}"' if c in json_cols else f'"{c}"'
+                           for c in columns)
+        inserted = ", ".join(f'"{c}"::jsonb' if c in json_cols else f'"{c}"' for c in columns)
         create = (f"CREATE TEMPORARY TABLE IF NOT EXISTS {stage} ON COMMIT DELETE ROWS AS "
-                  f"SELECT {cols} FROM {table.name} WITH NO DATA")
+                  f"SELECT {staged} FROM {table.name} WITH NO DATA")
         copy = f"COPY {stage} ({cols}) FROM STDIN (FORMAT BINARY)"
-        insert = (f"INSERT INTO {table.name} ({cols}) SELECT {cols} FROM {stage} "
+        insert = (f"INSERT INTO {table.name} ({cols}) SELECT {inserted} FROM {stage} "
                   "ON CONFLICT (key) DO NOTHING")
-        types = [_pg_type(table.c[c]) for c in columns]
+        types = ["text" if c in json_cols else _pg_type(table.c[c]) for c in columns]
         _COPY_SQL[table.name] = (create, copy, insert, types)
     return _COPY_SQL[table.name]
 
@@ -878,9 +889,14 @@ class Store:
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Connection]:
-        """A transaction for read-only work. On SQLite it begins DEFERRED (a snapshot, no
-        write lock), so readers never queue behind ingest; on PostgreSQL it is ``begin()``."""
+        """A connection for read-only work. On SQLite its transaction begins DEFERRED (a
+        snapshot, no write lock), so readers never queue behind ingest; on PostgreSQL it runs
+        in autocommit (each statement its own snapshot, no BEGIN/COMMIT round trips)."""
         with self.engine.connect() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execution_options(isolation_level="AUTOCOMMIT")
+                yield conn
+                return
             conn.execution_options(deferred_begin=True)
             with conn.begin():
                 yield conn

@@ -11,7 +11,7 @@ import datetime as dt
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -85,8 +85,9 @@ def _utc(value: Any) -> dt.datetime | None:
     return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
 
 
-@dataclass(frozen=True, slots=True)
-class CgmRow:
+class CgmRow(NamedTuple):
+    """One CGM reading as the chunks need it (a tuple: built for hundreds per request)."""
+
     device_id: str
     time: dt.datetime
     value: float | None
@@ -104,7 +105,8 @@ def cgm_rows(conn: Connection, patient_id: str, start: dt.datetime, end: dt.date
          .order_by(t.c.device_id, t.c.time, t.c.id))
     if device_ids is not None:
         q = q.where(t.c.device_id.in_(list(device_ids)))
-    return [CgmRow(*r) for r in conn.execute(q)]
+    make = CgmRow._make
+    return [make(r) for r in conn.execute(q).all()]
 
 
 GLUCOSE_COLUMNS = (glucose_readings.c.id, glucose_readings.c.device_id, glucose_readings.c.time,

@@ -276,6 +276,9 @@ def sampled_data(chunk: Chunk, period: dt.timedelta, *, lower: float,
         k = max(0, round((row.time - chunk.start).total_seconds() / step))
         while k in slots:  # a reading off the grid: the next free slot keeps it
             k += 1
+        if not row.annunciations and row.value is not None:  # the common case
+            slots[k] = str(number(row.value))
+            continue
         flags = row.annunciations.split(",") if row.annunciations else ()
         if "below-device-range" in flags:
             text, flagged = "L", True

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -46,6 +47,7 @@ from bridge.hddt.settings import HddtSettings
 from bridge.records import mmol_l_to_mg_dl
 
 Key = tuple[str, int, str]
+_MIN = dt.datetime.min.replace(tzinfo=dt.UTC)
 Clock = Callable[[], dt.datetime]
 
 
@@ -85,14 +87,32 @@ class FhirService:
         self.clock = clock
         self._calibrated_since: dict[tuple[str, dt.datetime | None], dt.datetime | None] = {}
         self._cache_lock = threading.Lock()
+        self._devices_cache: dict[str, tuple[float, list[DeviceRow],
+                                             dict[str, DeviceTimeline]]] = {}
 
     # --- context -------------------------------------------------------------------------
 
     def _context(self, conn: Connection, grant: AccessGrant) -> _Context:
         now = self.clock()
-        devs = data.patient_devices(conn, grant.patient_id)
-        return _Context(grant, now, now - self.settings.historic_period, devs,
-                        observations.timelines(devs))
+        ttl = self.settings.context_cache_s
+        patient = grant.patient_id
+        if ttl > 0:
+            at = time.monotonic()
+            with self._cache_lock:
+                cached = self._devices_cache.get(patient)
+            if cached is not None and cached[0] > at:
+                devs, lines = cached[1], cached[2]
+            else:
+                devs = data.patient_devices(conn, patient)
+                lines = observations.timelines(devs)
+                with self._cache_lock:
+                    if len(self._devices_cache) > 10_000:
+                        self._devices_cache.clear()
+                    self._devices_cache[patient] = (at + ttl, devs, lines)
+        else:
+            devs = data.patient_devices(conn, patient)
+            lines = observations.timelines(devs)
+        return _Context(grant, now, now - self.settings.historic_period, devs, lines)
 
     def _device_visible(self, ctx: _Context, device: DeviceRow) -> bool:
         """Whether an Observation the grant may see references the device."""
@@ -297,9 +317,16 @@ class FhirService:
         span = st.cgm_chunk_span
         rows = data.cgm_rows(conn, ctx.grant.patient_id, a, b)
         cells: dict[tuple[str, dt.datetime], list[data.CgmRow]] = {}
-        for row in rows:
-            cells.setdefault((row.device_id, observations.cell_start(row.time, span)),
-                             []).append(row)
+        current: list[data.CgmRow] = []
+        cell_end = _MIN
+        device = ""
+        for row in rows:  # sorted by device and time: a new cell only at a boundary
+            if row.time >= cell_end or row.device_id != device:
+                device = row.device_id
+                cell = observations.cell_start(row.time, span)
+                cell_end = cell + span
+                current = cells.setdefault((device, cell), [])
+            current.append(row)
         # Pending cells: after a current sensor's newest reading, up to now.
         for line in ctx.lines.values():
             last = line.device.last_cgm
@@ -341,7 +368,8 @@ class FhirService:
 
     def _chunk_resource(self, chunk: Chunk) -> dict[str, Any]:
         st = self.settings
-        period = observations.sample_period(chunk.rows, st.cgm_default_sample_period)
+        # The sensor's sample period, from this chunk's readings (a few suffice).
+        period = observations.sample_period(chunk.rows[:13], st.cgm_default_sample_period)
         return observations.chunk_resource(chunk, period, lower=st.cgm_lower_limit_mg_dl,
                                            upper=st.cgm_upper_limit_mg_dl)
 

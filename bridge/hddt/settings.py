@@ -55,6 +55,11 @@ class HddtSettings:
     #: Vendor Holdup targets (mivs.md): ingest to visible on the interface.
     holdup_blood_glucose: dt.timedelta = dt.timedelta(seconds=60)
     holdup_cgm: dt.timedelta = dt.timedelta(minutes=15)
+    #: How long the patient's devices and their newest reading times are reused between
+    #: requests (seconds; 0: read per request). Far below the Vendor Holdup.
+    context_cache_s: float = 1.0
+    #: Threads that run the interactions (database and resource building) concurrently.
+    worker_threads: int = 4
     #: Audit entries are written in batches of at most this many, at least this often.
     audit_batch: int = 200
     audit_flush_interval_s: float = 0.5

@@ -204,7 +204,8 @@ def outcomes(bundle: dict[str, Any]) -> list[dict[str, Any]]:
 def make_fhir(store: Store, now: dt.datetime, settings: HddtSettings | None = None,
               patient: SimulatedPatient | None = None) -> Iterator[Fhir]:
     clock = Clock(now)
-    app = create_fhir_app(store, settings or HddtSettings(rate_limit_per_minute=None),
+    app = create_fhir_app(store, settings or HddtSettings(rate_limit_per_minute=None,
+                                                          context_cache_s=0),
                           StaticAccessResolver(GRANTS), base_url=BASE, clock=clock)
     root = FastAPI()
     root.mount("/fhir", app)
