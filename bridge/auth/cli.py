@@ -7,6 +7,7 @@
         --redirect-uri https://diga.example/callback --cert diga.pem [--scope …]
     hddt-bridge auth diga list|deactivate|load … --config backend.toml
     hddt-bridge auth account add USER --patient P-0001 --config backend.toml
+    hddt-bridge auth purge --config backend.toml
     hddt-bridge serve --config backend.toml
 
 Every command that opens the store brings its schema up to date first.
@@ -92,6 +93,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--actor")
     _add_config(p)
     p.set_defaults(handler=_cmd_diga_load)
+
+    p = sub.add_parser("purge", help="delete pushed requests, codes and tokens expired for "
+                                     "more than a day")
+    _add_config(p)
+    p.set_defaults(handler=_cmd_purge)
 
     account = sub.add_parser("account", help="patient portal logins")
     asub = account.add_subparsers(dest="account_command", metavar="ACTION", required=True)
@@ -186,6 +192,15 @@ def _cmd_diga_load(args: argparse.Namespace) -> int:
     with _store(args) as store, store.begin() as conn:
         entries = load_directory_file(conn, Path(args.file), actor=_actor(args))
     print(f"{len(entries)} DiGA entries loaded")
+    return 0
+
+
+def _cmd_purge(args: argparse.Namespace) -> int:
+    from bridge.auth.pairing import purge_expired
+
+    with _store(args) as store, store.begin() as conn:
+        counts = purge_expired(conn)
+    print(json.dumps(counts))
     return 0
 
 

@@ -353,3 +353,19 @@ def access_state(conn: Connection, jti: str) -> AccessState | None:
                        consent_scopes=tuple(row.scopes),
                        consent_expires_at=row.expires_at,
                        consent_revoked=row.revoked_at is not None)
+
+
+#: Expired artefacts are kept this long before :func:`purge_expired` deletes them (a code
+#: presented again within it still revokes what it issued).
+PURGE_GRACE = dt.timedelta(days=1)
+
+
+def purge_expired(conn: Connection, *, now: dt.datetime | None = None) -> dict[str, int]:
+    """Delete pushed requests, codes and tokens that expired more than a day ago; returns
+    the count per table. Pairings, grants and the audit log stay."""
+    cutoff = (now or now_utc()) - PURGE_GRACE
+    counts = {}
+    for table in (par_requests, authorization_codes, refresh_tokens, access_tokens):
+        counts[table.name] = int(conn.execute(
+            table.delete().where(table.c.expires_at < cutoff)).rowcount)
+    return counts

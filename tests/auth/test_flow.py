@@ -224,3 +224,18 @@ def test_wrong_password_is_refused(box: Sandbox, tmp_path: Path) -> None:
                                               "next": "", "username": "alice",
                                               "password": "wrong password"})
     assert response.status_code == 401 and "wrong" in response.text
+
+
+def test_purge_keeps_what_is_still_needed(box: Sandbox) -> None:
+    from bridge.auth.pairing import purge_expired
+    from bridge.auth.tables import access_tokens, refresh_tokens
+
+    tokens = box.pair(DIGA_A, "alice")
+    with box.store.begin() as conn:
+        assert purge_expired(conn)["refresh_tokens"] == 0
+        live = conn.execute(sa.select(sa.func.count()).select_from(refresh_tokens)).scalar()
+        later = purge_expired(conn, now=dt.datetime.now(dt.UTC) + dt.timedelta(days=32))
+        assert later["refresh_tokens"] == live and later["access_tokens"] > 0
+        assert conn.execute(sa.select(sa.func.count()).select_from(access_tokens)).scalar() == 0
+        conn.rollback()
+    assert observations(box, DIGA_A, tokens["access_token"])
