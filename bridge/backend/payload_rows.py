@@ -38,6 +38,7 @@ import sqlalchemy as sa
 from bridge.backend.store import (
     DEVICE_INFO_COLUMNS,
     KEY_LEN,
+    RECORD_COLUMNS,
     TABLE_OF_KIND,
     annunciations,
     cgm_readings,
@@ -65,6 +66,7 @@ _ZERO = dt.timedelta(0)
 _ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _CALIBRATION_REQUIRED = Annunciation.CALIBRATION_REQUIRED.value
+_RECORD_AT = RECORD_COLUMNS.index("record")
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,8 +74,9 @@ class PreparedRecords:
     """One records message, checked, as the store writes it.
 
     ``rows`` holds, per record in payload order, its table and its values in the order of
-    ``RECORD_COLUMNS + EXTRA_COLUMNS[table]`` (:mod:`bridge.backend.store`); the commit
-    puts patient, gateway, batch and instants in front. ``calibration`` is the CGM
+    ``RECORD_COLUMNS + EXTRA_COLUMNS[table]`` (:mod:`bridge.backend.store`), the record
+    itself as canonical JSON text; the commit puts patient, gateway, batch and instants in
+    front. ``calibration`` is the CGM
     calibration state of the message's newest reading (the last one of the newest time).
     """
 
@@ -84,9 +87,20 @@ class PreparedRecords:
     calibration: tuple[dt.datetime, str] | None
 
 
+def record_json_text(document: Mapping[str, Any]) -> str:
+    """The ``record`` column as :func:`bridge.backend.store.write_rows` takes it: JSON text,
+    serialised here, on the thread that checks messages, rather than in the commit."""
+    return json.dumps(document, separators=(",", ":"), ensure_ascii=False)
+
+
+def _with_json_text(table: sa.Table, values: tuple[Any, ...]) -> tuple[sa.Table, tuple[Any, ...]]:
+    at = _RECORD_AT
+    return table, (*values[:at], record_json_text(values[at]), *values[at + 1:])
+
+
 def prepare_message(message: RecordsMessage) -> PreparedRecords:
     """The rows of a message decoded by the full check."""
-    rows = tuple(record_values(r) for r in message.records)
+    rows = tuple(_with_json_text(*record_values(r)) for r in message.records)
     calibration: tuple[dt.datetime, str] | None = None
     for record in message.records:
         if isinstance(record, CgmReading) and (calibration is None
@@ -322,8 +336,8 @@ def _record(raw: Any, device_id: str, cache: dict[str, dt.datetime]
         raise _NotCanonical
     value, unit = _value_and_unit(spec, values)
     row = (key, device_id, values["time"], values["device_time"], values["sequence"],
-           ",".join(raw["time_quality"]), spec.mdc, spec.loinc, value, unit, raw,
-           *_extra(spec, values))
+           ",".join(raw["time_quality"]), spec.mdc, spec.loinc, value, unit,
+           record_json_text(raw), *_extra(spec, values))
     return spec, row, values
 
 
