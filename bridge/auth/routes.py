@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from collections.abc import Callable
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -70,11 +71,9 @@ def auth_routes(server: HddtAuthorizationServer) -> list[BaseRoute]:
 
 
 async def _refusals_audited(server: HddtAuthorizationServer, endpoint: str, req: HddtRequest,
-                            work: Any) -> Response:
+                            work: Callable[[], Response]) -> Response:
     response: Response = await run_endpoint(server, work)
     if response.status_code >= 400:
-        import json  # noqa: PLC0415
-
         try:
             body = json.loads(bytes(response.body))
         except ValueError:
