@@ -1,11 +1,14 @@
 """``hddt-bridge demo``: the whole path on embedded defaults, no external services.
 
-Simulated patients → virtual BLE and serial devices → the edge agent (real drivers, read-only
-guard, clock correction, SQLite outbox) → MQTT (an in-process broker) → the backend ingest
-(acknowledge after commit, SQLite store). At the end, what the agent read from the devices is
-compared with what the backend stored.
+Simulated patients → virtual BLE and serial devices → one edge agent per patient (their
+gateway: real drivers, read-only guard, clock correction, SQLite outbox) → MQTT (an
+in-process broker) → the backend ingest (acknowledge after commit, SQLite store) → the HDDT
+FHIR resource server and authorization server over TLS (sandbox PKI, a registered demo
+DiGA, a portal login per patient) and the dashboard.
 
-The HDDT FHIR API and authorization server are the next stage and not part of this demo yet.
+The state folder fixes the simulated world at its first run (start date, horizon, seed): a
+restart re-simulates the same records, the agents' outboxes remember what they read, and the
+backend's unique keys drop anything it already holds, so nothing is lost or doubled.
 """
 
 from __future__ import annotations
@@ -33,10 +36,11 @@ from bridge.auth.tables import portal_accounts
 from bridge.backend.config import parse_config as parse_backend_config
 from bridge.backend.embedded_broker import EmbeddedBroker
 from bridge.backend.ingest import IngestWorker
-from bridge.backend.registry import assign_device, provision_gateway, provision_patient
+from bridge.backend.registry import provision_gateway, provision_patient
 from bridge.backend.store import Store
 from bridge.edge.agent import IN_PROCESS_TRANSPORT, Agent
 from bridge.edge.config import parse_config as parse_agent_config
+from bridge.edge.outbox import DeviceStats
 from bridge.errors import BridgeError
 from bridge.hddt.access import (
     MIV_BLOOD_GLUCOSE,
@@ -66,7 +70,6 @@ from simulators.fleet import (
     start_fleet,
 )
 
-GATEWAY_ID = "demo-gateway"
 DEMO_PORT = 18830
 DEMO_HTTP_PORT = 8443
 
@@ -213,10 +216,10 @@ def _port_or_free(port: int) -> int:
     return port
 
 
-def _agent_doc(fleet: Fleet, broker_url: str, state: Path,
-               options: DemoOptions) -> dict[str, Any]:
+def _agent_doc(devices_of: Sequence[RunningDevice], gateway_id: str, broker_url: str,
+               state: Path, options: DemoOptions) -> dict[str, Any]:
     devices: list[dict[str, Any]] = []
-    for d in fleet.devices:
+    for d in devices_of:
         entry: dict[str, Any] = {"name": d.log.info.device_id,
                                  "poll_interval_s": options.poll_interval_s,
                                  "retry_min_s": 1.0, "retry_max_s": 10.0}
@@ -232,12 +235,12 @@ def _agent_doc(fleet: Fleet, broker_url: str, state: Path,
     broker: dict[str, Any] = {"url": broker_url, "batch_size": 100,
                               "reconnect_min_s": 0.5, "reconnect_max_s": 5.0}
     if options.broker_url is None:
-        broker |= {"protocol": "3.1.1", "username": GATEWAY_ID,
-                   "password_file": str(state / "gateway.password")}
+        broker |= {"protocol": "3.1.1", "username": gateway_id,
+                   "password_file": str(state / f"{gateway_id}.password")}
     return {
-        "agent": {"gateway_id": GATEWAY_ID, "timezone": "Europe/Berlin"},
+        "agent": {"gateway_id": gateway_id, "timezone": "Europe/Berlin"},
         "broker": broker,
-        "outbox": {"path": str(state / "agent-outbox.sqlite")},
+        "outbox": {"path": str(state / f"{gateway_id}-outbox.sqlite")},
         "devices": devices,
     }
 
@@ -272,25 +275,26 @@ def _stored_by_device(store: Store) -> dict[str, int]:
 
 #: Backend patient ids and descriptions of the demo patients, in DEMO_PATIENTS order.
 DEMO_PATIENT_IDS = ("demo-patient-1", "demo-patient-2", "demo-patient-3")
+#: Each patient's own gateway (their Pi or phone), with its own agent and outbox.
+DEMO_GATEWAY_IDS = ("demo-gateway-1", "demo-gateway-2", "demo-gateway-3")
 DEMO_PATIENT_NAMES = ("Type 1 adult: insulin pump, CGM and meter",
                       "Type 1 adolescent: CGM",
                       "Type 2 adult: serial blood glucose meter")
 
 
-def _provision(store: Store, fleet: Fleet) -> None:
-    """Register the demo patients, the gateway and which patient each device belongs to.
+def _patient_index(spec: str) -> int:
+    return [p.patient for p in DEMO_PATIENTS].index(spec)
 
-    One agent reads every demo device (like a clinic gateway), so devices are assigned to
-    their patients ahead of their first record instead of following the gateway."""
-    specs = [p.patient for p in DEMO_PATIENTS]
+
+def _provision(store: Store, fleet: Fleet) -> None:
+    """Register the demo patients and each one's gateway; devices follow their gateway."""
     with store.begin() as conn:
-        for i, spec in enumerate(fleet.config.patients):
-            provision_patient(conn, DEMO_PATIENT_IDS[specs.index(spec.patient)],
-                              actor="demo", display_name=DEMO_PATIENT_NAMES[i])
-        provision_gateway(conn, GATEWAY_ID, patient_id=DEMO_PATIENT_IDS[0], actor="demo")
-        for d in fleet.devices:
-            assign_device(conn, d.log.info.device_id, actor="demo",
-                          patient_id=DEMO_PATIENT_IDS[specs.index(d.patient)])
+        for spec in fleet.config.patients:
+            i = _patient_index(spec.patient)
+            provision_patient(conn, DEMO_PATIENT_IDS[i], actor="demo",
+                              display_name=DEMO_PATIENT_NAMES[i])
+            provision_gateway(conn, DEMO_GATEWAY_IDS[i], patient_id=DEMO_PATIENT_IDS[i],
+                              actor="demo")
 
 
 def _device_history_count(d: RunningDevice, until: dt.datetime) -> int:
@@ -336,13 +340,15 @@ async def run_demo(options: DemoOptions, out: TextIO = sys.stdout,
     say: Callable[[str], None] = lambda line: print(line, file=out, flush=True)  # noqa: E731
     demo_state, resumed = load_or_create_state(options, dt.datetime.now(dt.UTC))
     # Local credentials of the demo broker (it refuses anonymous clients, as a real one would).
-    for name in ("gateway", "ingest"):
+    gateway_ids = [DEMO_GATEWAY_IDS[_patient_index(p.patient)]
+                   for p in DEMO_PATIENTS[:options.patients]]
+    users: dict[str, str] = {}
+    for name in [*gateway_ids, "ingest"]:
         secret = state_dir / f"{name}.password"
         if not secret.exists():
+            secret.touch(mode=0o600)
             secret.write_text(secrets.token_urlsafe(18) + "\n", encoding="utf-8")
-            secret.chmod(0o600)
-    users = {GATEWAY_ID: (state_dir / "gateway.password").read_text().strip(),
-             "ingest": (state_dir / "ingest.password").read_text().strip()}
+        users[name] = secret.read_text(encoding="utf-8").strip()
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -386,20 +392,25 @@ async def run_demo(options: DemoOptions, out: TextIO = sys.stdout,
             raise DemoError(f"the ingest worker did not subscribe to {broker_url}")
 
         agent_stop = asyncio.Event()
-        agent_config = parse_agent_config(
-            _agent_doc(fleet, broker_url, state_dir, options), "demo", state_dir)
-        agent = Agent(agent_config, link=link)
-        agent_task = asyncio.create_task(agent.run(agent_stop, handle_signals=False))
+        agents: list[Agent] = []
+        for spec, gateway_id in zip(fleet_config.patients, gateway_ids, strict=True):
+            own = [d for d in fleet.devices if d.patient == spec.patient]
+            agent_config = parse_agent_config(
+                _agent_doc(own, gateway_id, broker_url, state_dir, options), "demo",
+                state_dir)
+            agents.append(Agent(agent_config, link=link))
+        agent_tasks = [asyncio.create_task(a.run(agent_stop, handle_signals=False))
+                       for a in agents]
 
-        async def _stop_agent() -> None:
+        async def _stop_agents() -> None:
             agent_stop.set()
-            await asyncio.gather(agent_task, return_exceptions=True)
-        stack.push_async_callback(_stop_agent)
+            await asyncio.gather(*agent_tasks, return_exceptions=True)
+        stack.push_async_callback(_stop_agents)
 
         hddt = await _start_hddt(stack, store, options, fleet, say)
         _write_connection(state_dir, broker_url, fleet, backend_config.store.url, hddt)
 
-        ready = await _backfill(store, agent, fleet, origin, stop=stop, out=out)
+        ready = await _backfill(store, agents, fleet, origin, stop=stop, out=out)
         if ready:
             say(f"ready       {_ready_line(hddt)}; state in {state_dir}")
             for line in _try_lines(hddt, state_dir):
@@ -409,7 +420,7 @@ async def run_demo(options: DemoOptions, out: TextIO = sys.stdout,
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 5.0)
             save_state(state_dir, dataclasses.replace(demo_state, sim_time=fleet.clock.now()))
-            say(f"progress    {await _progress(store, agent)}")
+            say(f"progress    {await _progress(store, agents)}")
             if options.duration_s is not None and \
                     time.monotonic() - started >= options.duration_s:
                 stop.set()
@@ -418,8 +429,8 @@ async def run_demo(options: DemoOptions, out: TextIO = sys.stdout,
         fleet.stop_feeding()
         save_state(state_dir, dataclasses.replace(demo_state, sim_time=fleet.clock.now()))
         say("finishing   last syncs, then draining the gateway's outbox")
-        read = await _drain(store, agent, options, live=ready and not options.exit_when_ready)
-        await _stop_agent()
+        read = await _drain(store, agents, options, live=ready and not options.exit_when_ready)
+        await _stop_agents()
         stored = await asyncio.to_thread(_stored_by_device, store)
     results = [DeviceResult(d.patient, d.spec.name, d.log.info.device_id,
                             read.get(d.log.info.device_id, 0)) for d in fleet.devices]
@@ -432,7 +443,17 @@ async def run_demo(options: DemoOptions, out: TextIO = sys.stdout,
     return DemoSummary(results, total_read, total_stored)
 
 
-async def _backfill(store: Store, agent: Agent, fleet: Fleet, origin: dt.datetime, *,
+def _stats(agents: Sequence[Agent]) -> tuple[int, dict[str, DeviceStats]]:
+    """Records queued at the gateways, and every device's counters."""
+    queued, devices = 0, dict[str, DeviceStats]()
+    for agent in agents:
+        stats = agent.outbox.stats()
+        queued += stats.queued
+        devices.update(stats.devices)
+    return queued, devices
+
+
+async def _backfill(store: Store, agents: Sequence[Agent], fleet: Fleet, origin: dt.datetime, *,
                     stop: asyncio.Event, out: TextIO) -> bool:
     """Wait until every device was synced since the start and the backend holds what the
     agent read, drawing a progress bar; False when stopped first."""
@@ -441,12 +462,12 @@ async def _backfill(store: Store, agent: Agent, fleet: Fleet, origin: dt.datetim
     names = {d.log.info.device_id for d in fleet.devices}
     bar = _ProgressBar(out)
     while not stop.is_set():
-        stats = agent.outbox.stats()
-        synced = sum(1 for s in stats.devices.values()
+        queued, devices = _stats(agents)
+        synced = sum(1 for s in devices.values()
                      if s.last_sync is not None and s.last_sync >= started)
-        read = sum(s.records_synced for s in stats.devices.values())
+        read = sum(s.records_synced for s in devices.values())
         stored = sum((await asyncio.to_thread(_stored_by_device, store)).values())
-        done = synced >= len(names) and stats.queued == 0 and stored >= read
+        done = synced >= len(names) and queued == 0 and stored >= read
         fraction = 1.0 if done else min(0.99, stored / expected) if expected else 0.0
         bar.show("backfill", fraction, f"{stored:,} of ~{expected:,} records stored, "
                  f"{synced}/{len(names)} devices synced", final=done)
@@ -457,16 +478,16 @@ async def _backfill(store: Store, agent: Agent, fleet: Fleet, origin: dt.datetim
     return False
 
 
-async def _drain(store: Store, agent: Agent, options: DemoOptions, *,
+async def _drain(store: Store, agents: Sequence[Agent], options: DemoOptions, *,
                  live: bool) -> dict[str, int]:
     if live:  # let every device finish one more sync of what streamed in
         await asyncio.sleep(min(options.poll_interval_s * 2 + 1, 12.0))
     deadline = time.monotonic() + 30
     while True:
-        stats = agent.outbox.stats()
-        read = {name: d.records_synced for name, d in stats.devices.items()}
+        queued, devices = _stats(agents)
+        read = {name: d.records_synced for name, d in devices.items()}
         stored_total = sum((await asyncio.to_thread(_stored_by_device, store)).values())
-        if (stats.queued == 0 and stored_total >= sum(read.values())) \
+        if (queued == 0 and stored_total >= sum(read.values())) \
                 or time.monotonic() > deadline:
             return read
         await asyncio.sleep(0.5)
@@ -476,10 +497,10 @@ def _redacted(url: str) -> str:
     return sqlalchemy.make_url(url).render_as_string(hide_password=True)
 
 
-async def _progress(store: Store, agent: Agent) -> str:
+async def _progress(store: Store, agents: Sequence[Agent]) -> str:
     stats = await asyncio.to_thread(store.status)
     total = sum(stats.records_total.values())
-    return f"{total} records stored, {agent.outbox.stats().queued} queued at the gateway"
+    return f"{total} records stored, {_stats(agents)[0]} queued at the gateways"
 
 
 def _describe(d: RunningDevice) -> str:
@@ -570,8 +591,7 @@ def _hddt_setup(store: Store, state_dir: Path, patient_ids: Sequence[str],
 async def _start_hddt(stack: contextlib.AsyncExitStack, store: Store, options: DemoOptions,
                       fleet: Fleet, say: Callable[[str], None]) -> HddtEndpoints:
     """The HDDT resource server, authorization server, portal and dashboard over TLS."""
-    specs = [p.patient for p in DEMO_PATIENTS]
-    patient_ids = [DEMO_PATIENT_IDS[specs.index(p.patient)] for p in fleet.config.patients]
+    patient_ids = [DEMO_PATIENT_IDS[_patient_index(p.patient)] for p in fleet.config.patients]
     port = _port_or_free(options.http_port) if options.http_port else _free_port()
     app, tls, endpoints = await asyncio.to_thread(
         _hddt_setup, store, options.state_dir, patient_ids, port)
@@ -605,11 +625,15 @@ def _write_connection(state: Path, broker_url: str, fleet: Fleet, database_url: 
     doc: dict[str, Any] = {
         "generated_at": dt.datetime.now(dt.UTC).isoformat(),
         "broker_url": broker_url,
-        "gateway_id": GATEWAY_ID,
+        "gateways": [{"id": DEMO_GATEWAY_IDS[_patient_index(p.patient)],
+                      "patient": DEMO_PATIENT_IDS[_patient_index(p.patient)],
+                      "outbox": str(state / f"{DEMO_GATEWAY_IDS[_patient_index(p.patient)]}"
+                                            "-outbox.sqlite")}
+                     for p in fleet.config.patients],
         "backend_database": _redacted(database_url),
-        "agent_outbox": str(state / "agent-outbox.sqlite"),
         "devices": [dataclasses.asdict(dataclasses.replace(d.log.info)) | {
-            "patient": d.patient,
+            "patient": DEMO_PATIENT_IDS[_patient_index(d.patient)],
+            "simulated_patient": d.patient,
             "where": d.serial.url if d.serial is not None else d.spec.address}
             for d in fleet.devices],
     }

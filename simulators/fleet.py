@@ -322,8 +322,11 @@ class BleAttachment:
     transports: tuple[str, ...] = ()
 
 
-def _simulate(spec: PatientSpec, config: FleetConfig, start: dt.date) -> dict[DeviceKind,
-                                                                             DeviceLog]:
+def simulate_patient(spec: PatientSpec, config: FleetConfig,
+                     start: dt.date) -> dict[DeviceKind, DeviceLog]:
+    """Every device log of one fleet patient, simulated from ``start`` over the fleet's
+    horizon (``history_days + live_days + 1`` days): what :func:`start_fleet` serves, so a
+    test can compare what came out at the other end of the path."""
     try:
         patients = resolve_patients([spec.patient], None, config.seed)
         scenario = dataclasses.replace(load_scenario(spec.scenario), start_date=start)
@@ -377,7 +380,7 @@ async def start_fleet(config: FleetConfig, ble: BleAttachment | None = None, *,
     transports = iter(ble.transports)
     try:
         for spec in config.patients:
-            logs = await asyncio.to_thread(_simulate, spec, config, start)
+            logs = await asyncio.to_thread(simulate_patient, spec, config, start)
             for dev in spec.devices:
                 kind = KINDS[dev.kind]
                 if kind not in logs:

@@ -38,16 +38,23 @@ def test_demo_delivers_everything_the_agent_read(tmp_path: Path) -> None:
     assert devices == 5
     assert "backfill" in done.stdout and "100.0%" in done.stdout
     assert (state / "connection.json").stat().st_mode & 0o077 == 0
-    assert (state / "gateway.password").stat().st_mode & 0o077 == 0
-    # Each patient's devices belong to that patient, not to the gateway's patient.
+    assert (state / "demo-gateway-1.password").stat().st_mode & 0o077 == 0
+    # Each patient's devices arrive through that patient's own gateway and belong to them.
     with sqlite3.connect(state / "backend.sqlite") as db:
-        owners = dict(db.execute("SELECT id, patient_id FROM devices"))
+        owners = sorted(db.execute(
+            "SELECT devices.patient_id, gateways.patient_id, COUNT(*) FROM devices "
+            "JOIN gateways ON gateways.id = devices.gateway_id "
+            "GROUP BY devices.patient_id, gateways.patient_id"))
+        readers = dict(db.execute("SELECT patient_id, COUNT(DISTINCT device_id) "
+                                  "FROM cgm_readings GROUP BY patient_id"))
+    assert owners == [("demo-patient-1", "demo-patient-1", 3),
+                      ("demo-patient-2", "demo-patient-2", 1),
+                      ("demo-patient-3", "demo-patient-3", 1)]
+    assert readers == {"demo-patient-1": 1, "demo-patient-2": 1}
     connection = json.loads((state / "connection.json").read_text())
-    by_patient: dict[str, set[str]] = {}
-    for device in connection["devices"]:
-        by_patient.setdefault(device["patient"], set()).add(owners[device["device_id"]])
-    assert all(len(ids) == 1 for ids in by_patient.values())
-    assert len({next(iter(ids)) for ids in by_patient.values()}) == 3
+    assert {g["patient"] for g in connection["gateways"]} == {
+        "demo-patient-1", "demo-patient-2", "demo-patient-3"}
+    assert connection["fhir_base_url"].startswith("https://127.0.0.1:")
 
 
 def test_restart_on_the_same_state_folder_resumes_without_loss_or_duplicates(
