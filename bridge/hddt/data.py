@@ -109,6 +109,25 @@ def cgm_rows(conn: Connection, patient_id: str, start: dt.datetime, end: dt.date
     return [make(r) for r in conn.execute(q).all()]
 
 
+def cgm_cells(conn: Connection, patient_id: str, start: dt.datetime, end: dt.datetime,
+              span_s: int) -> list[tuple[str, int, int, Any]]:
+    """Per device and chunk cell in ``[start, end)``: the cell's index (epoch seconds //
+    ``span_s``), its number of readings and their newest ``inserted_at`` (as the driver gives
+    it). Rows are only ever inserted, so the count and that instant fingerprint a cell."""
+    t = cgm_readings
+    if conn.dialect.name == "postgresql":
+        cell: Any = sa.func.floor(sa.extract("epoch", t.c.time) / span_s)
+    else:  # naive UTC text; whole seconds only (SQLite rounds fractions)
+        seconds = sa.cast(sa.func.strftime("%s", sa.func.substr(t.c.time, 1, 19)), sa.Integer)
+        cell = seconds.op("/")(sa.literal(span_s, sa.Integer))  # integer division
+    cell = cell.label("cell")
+    q = (sa.select(t.c.device_id, cell, sa.func.count(), sa.func.max(t.c.inserted_at))
+         .where(t.c.patient_id == patient_id, t.c.loinc == CGM_LOINC, t.c.time >= start,
+                t.c.time < end)
+         .group_by(t.c.device_id, cell))
+    return [(r[0], int(r[1]), int(r[2]), r[3]) for r in conn.execute(q).all()]
+
+
 GLUCOSE_COLUMNS = (glucose_readings.c.id, glucose_readings.c.device_id, glucose_readings.c.time,
                    glucose_readings.c.value, glucose_readings.c.sample_type,
                    glucose_readings.c.annunciations, glucose_readings.c.inserted_at)

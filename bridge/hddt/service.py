@@ -48,6 +48,7 @@ from bridge.records import mmol_l_to_mg_dl
 
 Key = tuple[str, int, str]
 _MIN = dt.datetime.min.replace(tzinfo=dt.UTC)
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 Clock = Callable[[], dt.datetime]
 
 
@@ -87,6 +88,7 @@ class FhirService:
         self.clock = clock
         self._calibrated_since: dict[tuple[str, dt.datetime | None], dt.datetime | None] = {}
         self._cache_lock = threading.Lock()
+        self._cells: dict[tuple[Any, ...], list[tuple[Chunk, dict[str, Any]]]] = {}
         self._devices_cache: dict[str, tuple[float, list[DeviceRow],
                                              dict[str, DeviceTimeline]]] = {}
 
@@ -303,8 +305,8 @@ class FhirService:
         w0, w1 = (end_cell - batch, end_cell) if desc else (start_cell, start_cell + batch)
         while len(hits) < limit and w1 > start_cell and w0 < end_cell:
             a, b = max(w0, start_cell), min(w1, end_cell)
-            window = [self._chunk_hit(c, s, ctx, ids=ids, cursor=cursor, desc=desc)
-                      for c in self._window_chunks(conn, ctx, a, b)]
+            window = [self._chunk_hit(c, r, s, ctx, ids=ids, cursor=cursor, desc=desc)
+                      for c, r in self._window_chunks(conn, ctx, a, b)]
             found = sorted((h for h in window if h is not None), key=lambda h: h.key,
                            reverse=desc)
             hits += found
@@ -312,40 +314,72 @@ class FhirService:
         return hits[:limit]
 
     def _window_chunks(self, conn: Connection, ctx: _Context, a: dt.datetime,
-                       b: dt.datetime) -> list[Chunk]:
+                       b: dt.datetime) -> list[tuple[Chunk, dict[str, Any]]]:
+        """Chunks (with their resources) of the cells in ``[a, b)``.
+
+        A cell's chunks depend only on its readings and on its sensor's newest reading and
+        replacement, so they are kept, keyed by a fingerprint of the cell (reading count and
+        newest insertion) and those two; only cells that changed are read and built again."""
         st = self.settings
         span = st.cgm_chunk_span
-        rows = data.cgm_rows(conn, ctx.grant.patient_id, a, b)
-        cells: dict[tuple[str, dt.datetime], list[data.CgmRow]] = {}
-        current: list[data.CgmRow] = []
-        cell_end = _MIN
-        device = ""
-        for row in rows:  # sorted by device and time: a new cell only at a boundary
-            if row.time >= cell_end or row.device_id != device:
-                device = row.device_id
-                cell = observations.cell_start(row.time, span)
-                cell_end = cell + span
-                current = cells.setdefault((device, cell), [])
-            current.append(row)
-        # Pending cells: after a current sensor's newest reading, up to now.
+        span_s = int(span.total_seconds())
+        out: list[tuple[Chunk, dict[str, Any]]] = []
+        missing: dict[tuple[str, dt.datetime], tuple[Any, ...]] = {}
+        for device_id, index, count, newest in data.cgm_cells(conn, ctx.grant.patient_id, a, b,
+                                                              span_s):
+            timeline = ctx.lines.get(device_id)
+            if timeline is None:
+                continue
+            cell = _EPOCH + dt.timedelta(seconds=index * span_s)
+            last = timeline.device.last_cgm
+            key = (device_id, index, count, newest, timeline.retired_at,
+                   last if last is not None and last < cell + span else None)
+            with self._cache_lock:
+                hit = self._cells.get(key)
+            if hit is not None:
+                out += hit
+            else:
+                missing[(device_id, cell)] = key
+        if missing:
+            lo = min(cell for _d, cell in missing)
+            hi = max(cell for _d, cell in missing) + span
+            rows = data.cgm_rows(conn, ctx.grant.patient_id, lo, hi,
+                                 sorted({d for d, _c in missing}))
+            cells: dict[tuple[str, dt.datetime], list[data.CgmRow]] = {}
+            current: list[data.CgmRow] = []
+            cell_end = _MIN
+            device = ""
+            for row in rows:  # sorted by device and time: a new cell only at a boundary
+                if row.time >= cell_end or row.device_id != device:
+                    device = row.device_id
+                    cell = observations.cell_start(row.time, span)
+                    cell_end = cell + span
+                    current = cells.setdefault((device, cell), [])
+                current.append(row)
+            for (device_id, cell), key in missing.items():
+                built = [(c, self._chunk_resource(c)) for c in observations.cell_chunks(
+                    ctx.lines[device_id], cell, cells.get((device_id, cell), []), span=span,
+                    now=ctx.now, pending_window=st.cgm_pending_window)]
+                with self._cache_lock:
+                    if len(self._cells) > 50_000:
+                        self._cells.clear()
+                    self._cells[key] = built
+                out += built
+        # Pending cells: after a current sensor's newest reading, up to now (never kept).
         for line in ctx.lines.values():
             last = line.device.last_cgm
             if line.retired_at is not None or last is None:
                 continue
             cell = max(observations.cell_start(last, span) + span, a)
             while cell < b and cell <= ctx.now and cell < last + st.cgm_pending_window:
-                cells.setdefault((line.device.id, cell), [])
+                out += [(c, self._chunk_resource(c)) for c in observations.cell_chunks(
+                    line, cell, [], span=span, now=ctx.now,
+                    pending_window=st.cgm_pending_window)]
                 cell += span
-        chunks: list[Chunk] = []
-        for (device_id, cell), cell_rows in cells.items():
-            timeline = ctx.lines.get(device_id)
-            if timeline is None:
-                continue
-            chunks += observations.cell_chunks(timeline, cell, cell_rows, span=span, now=ctx.now,
-                                               pending_window=st.cgm_pending_window)
-        return chunks
+        return out
 
-    def _chunk_hit(self, chunk: Chunk, s: search.ObservationSearch, ctx: _Context, *,
+    def _chunk_hit(self, chunk: Chunk, resource: dict[str, Any], s: search.ObservationSearch,
+                   ctx: _Context, *,
                    ids: set[str] | None, cursor: search.Cursor | None,
                    desc: bool) -> _Hit | None:
         if chunk.end <= ctx.cutoff or chunk.start > ctx.now:
@@ -357,7 +391,6 @@ class FhirService:
         key = chunk.key
         if cursor is not None and ((key >= cursor.key) if desc else (key <= cursor.key)):
             return None
-        resource = self._chunk_resource(chunk)
         if s.last_updated:
             updated = dt.datetime.strptime(resource["meta"]["lastUpdated"],
                                            "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.UTC)
