@@ -36,7 +36,8 @@ class CdpError(RuntimeError):
 class Browser:
     """``with Browser(tmp) as b: page = b.new_page(); page.goto(url)``."""
 
-    def __init__(self, profile: Path, *, width: int = 1280, height: int = 1600) -> None:
+    def __init__(self, profile: Path, *, width: int = 1280, height: int = 1600,
+                 extra_args: tuple[str, ...] = ()) -> None:
         binary = chromium_path()
         if binary is None:
             raise CdpError("chromium not found")
@@ -44,7 +45,8 @@ class Browser:
                 "--no-default-browser-check", "--disable-extensions",
                 "--disable-background-networking", "--disable-sync", "--mute-audio",
                 f"--user-data-dir={profile}", "--remote-debugging-address=127.0.0.1",
-                "--remote-debugging-port=0", f"--window-size={width},{height}", "about:blank"]
+                "--remote-debugging-port=0", f"--window-size={width},{height}", *extra_args,
+                "about:blank"]
         if os.geteuid() == 0:  # Chromium refuses to run as root with its sandbox
             args.insert(1, "--no-sandbox")
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -135,6 +137,28 @@ class Page:
             if time.monotonic() > deadline:
                 raise CdpError(f"{url} did not finish loading")
             time.sleep(0.05)
+
+    def open(self, url: str) -> None:
+        """Start loading ``url`` without waiting for it (it may redirect elsewhere)."""
+        self.call("Page.navigate", {"url": url})
+
+    def wait_for(self, expression: str, timeout: float = 30.0) -> Any:
+        """Poll ``expression`` until it is truthy in a fully loaded document."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with contextlib.suppress(CdpError):  # the page may be between documents
+                if self.evaluate("document.readyState") == "complete":
+                    value = self.evaluate(expression)
+                    if value:
+                        return value
+            if time.monotonic() > deadline:
+                raise CdpError(f"{expression} stayed false for {timeout} s")
+            time.sleep(0.05)
+
+    def history(self) -> list[str]:
+        """URLs of this tab's navigation history, oldest first (failed loads included)."""
+        entries = self.call("Page.getNavigationHistory")["entries"]
+        return [str(e["url"]) for e in entries]
 
     def evaluate(self, expression: str) -> Any:
         result = self.call("Runtime.evaluate", {"expression": expression,
