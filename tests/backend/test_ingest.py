@@ -487,9 +487,9 @@ def test_three_workers_split_the_load_and_store_once(pg_url: str, tmp_path: Path
         finally:
             for w in workers:
                 w.stop()
-        keys = _stored_keys(store)
-        assert len(keys) == len(set(keys)) == len(expected) == 1200
-        assert set(keys) == expected
+        stored = _stored_keys(store)
+        assert len(stored) == len(set(stored)) == len(expected) == 1200
+        assert set(stored) == expected
         handled = [w.stats.messages for w in workers]
         assert all(n > 0 for n in handled), handled
         assert sum(w.stats.inserted for w in workers) == 1200
@@ -652,12 +652,12 @@ retry_max_s = 0.5
                 try:
                     wait_for(done, 60, "every published record stored")
                 finally:
-                    keys = _stored_keys(store)
+                    stored = _stored_keys(store)
         finally:
             codes = [w.terminate() for w in workers]
         logs = "\n".join(w.log.read_text(errors="replace")[-3000:] for w in workers)
-        assert len(keys) == len(set(keys)), "duplicate rows"
-        assert set(keys) == expected, (len(expected - set(keys)), resent, logs)
+        assert len(stored) == len(set(stored)), "duplicate rows"
+        assert set(stored) == expected, (len(expected - set(stored)), resent, logs)
         assert codes == [0, 0, 0], logs
         # The database restart was felt (a commit failed and was retried) and survived.
         assert "could not commit" in logs or any(
