@@ -7,18 +7,70 @@ Chromium is required: in CI a missing browser fails the test (see tests/conftest
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
-import time
+import queue
+import ssl
+import threading
 from pathlib import Path
 from urllib.parse import parse_qs, quote, urlsplit
 
 import pytest
 
-from tests.auth.harness import BG, CGM, DIGA_A, PASSWORD, bearer, running_sandbox
+from tests.auth.harness import (
+    BG,
+    CGM,
+    DIGA_A,
+    PASSWORD,
+    bearer,
+    redirect_uri,
+    running_sandbox,
+)
 from tests.dashboard.cdp import Browser, chromium_path
 
 SHOTS = os.environ.get("HDDT_SCREENSHOTS")
+
+
+class _DigaCallback:
+    """The DiGA's redirect URI endpoint: takes one GET and keeps its query parameters."""
+
+    def __init__(self, cert: Path, key: Path) -> None:
+        received: queue.Queue[dict[str, str]] = queue.Queue()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                query = parse_qs(urlsplit(self.path).query)
+                received.put({k: v[0] for k, v in query.items()})
+                body = b"<p>Paired. You can return to the app.</p>"
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.received = received
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert, key)
+        self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def wait(self, timeout_s: float) -> dict[str, str]:
+        return self.received.get(timeout=timeout_s)
+
+    def __enter__(self) -> _DigaCallback:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(10)
 
 
 def _js(value: str) -> str:
@@ -34,8 +86,11 @@ def test_pairing_and_revocation_in_headless_chromium(tmp_path: Path) -> None:
     shots = Path(SHOTS) if SHOTS else tmp_path
     shots.mkdir(parents=True, exist_ok=True)
     with running_sandbox(tmp_path, patients=("alice",)) as box, \
-            Browser(tmp_path / "profile", height=1000,
-                    extra_args=("--ignore-certificate-errors",)) as browser:
+            _DigaCallback(box.pki.server.cert, box.pki.server.key) as callback_server, \
+            Browser(tmp_path / "profile", height=1000, extra_args=(
+                "--ignore-certificate-errors",
+                f"--host-resolver-rules=MAP {urlsplit(redirect_uri(DIGA_A)).hostname} "
+                f"127.0.0.1:{callback_server.port}")) as browser:
         pending = box.push(DIGA_A)
         page = browser.new_page()
         page.open(f"{box.base_url}/authorize?client_id={quote(DIGA_A)}"
@@ -63,15 +118,9 @@ def test_pairing_and_revocation_in_headless_chromium(tmp_path: Path) -> None:
             for (const b of document.querySelectorAll('input[name=scope]'))
                 b.checked = [{_js(BG)}, 'patient/Device.rs'].includes(b.value);
             document.querySelector('button[value=allow]').click(); }})()""")
-        # The browser is sent to the DiGA's redirect URI (nothing answers there in a test):
-        # the navigation history holds the address with the code.
-        deadline = time.monotonic() + 30
-        sent_to: list[str] = []
-        while not sent_to and time.monotonic() < deadline:
-            sent_to = [u for u in page.history() if u.startswith(pending.redirect_uri + "?")]
-            time.sleep(0.1)
-        assert sent_to, page.history()
-        callback = {k: v[0] for k, v in parse_qs(urlsplit(sent_to[-1]).query).items()}
+        # The browser is sent to the DiGA's redirect URI: the DiGA's callback endpoint,
+        # here a small HTTPS server the browser reaches through a host-resolver rule.
+        callback = callback_server.wait(30)
         assert callback["state"] == pending.state
         tokens = box.exchange(pending, callback["code"])
         assert tokens.status_code == 200, tokens.text
