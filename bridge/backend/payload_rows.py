@@ -6,8 +6,8 @@ generic, type-hint driven decoder; at tens of thousands of records per second th
 of the ingest's time. Almost every payload, though, is exactly what
 :meth:`RecordsMessage.to_bytes` writes: every field present, instants in their canonical
 ISO 8601 form in UTC, numbers of the declared type, annunciation and time-quality lists
-sorted. :func:`prepare_records` recognises that canonical form field by field and turns it
-into the rows the store writes.
+sorted, a record's keys in their order. :func:`prepare_records` recognises that canonical
+form field by field and turns it into the rows the store writes.
 
 It only ever ACCEPTS: whatever it is not certain of (a missing or unknown field, an instant
 with another offset, an integer where a number is declared, a value out of range, any
@@ -166,8 +166,9 @@ def _field(name: str, tp: Any, non_negative: bool) -> _Field:
 class _KindSpec:
     kind: str
     fields: tuple[_Field, ...]
-    #: Every key a canonical record object has: its fields, "kind" and "key".
-    keys: frozenset[str]
+    #: The keys of a canonical record object, in the order ``RecordsMessage.to_bytes``
+    #: writes them: "kind", the fields, "key" (so the stored JSON text is the same too).
+    keys: list[str]
     table: sa.Table
     mdc: int | None
     loinc: str | None
@@ -181,7 +182,7 @@ def _spec(kind: RecordKind) -> _KindSpec:
     fields = tuple(_field(f.name, hints[f.name], f.name in nonneg)
                    for f in dataclasses.fields(cls))
     coding = CODINGS[kind]
-    return _KindSpec(kind.value, fields, frozenset(f.name for f in fields) | {"kind", "key"},
+    return _KindSpec(kind.value, fields, ["kind", *(f.name for f in fields), "key"],
                      TABLE_OF_KIND[kind], coding.mdc, coding.loinc, coding.ucum)
 
 
@@ -324,7 +325,7 @@ def _record(raw: Any, device_id: str, cache: dict[str, dt.datetime]
     if type(raw) is not dict:
         raise _NotCanonical
     spec = _SPECS.get(raw.get("kind"))  # type: ignore[arg-type]
-    if spec is None or raw.keys() != spec.keys or raw["device_id"] != device_id:
+    if spec is None or list(raw) != spec.keys or raw["device_id"] != device_id:
         raise _NotCanonical
     values = {f.name: _check_value(f, raw[f.name], cache) for f in spec.fields}
     if spec.table is cgm_readings:

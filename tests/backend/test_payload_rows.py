@@ -189,6 +189,7 @@ def test_mutated_payloads_reach_the_same_decision(where: str, index: int, field:
     lambda r: r.update(time="2027-03-01T07:05:00+01:00"),      # another offset, same instant
     lambda r: r.update(time_quality=["in-future", "clock-jump"]),  # unsorted
     lambda r: r.pop("quality_percent"),                        # a default left out
+    lambda r: r.update(kind=r.pop("kind")),                    # keys in another order
 ])
 def test_non_canonical_but_valid_payloads_take_the_full_check(change: Any) -> None:
     doc = json.loads(payload())
