@@ -102,7 +102,7 @@ def serve(url: str, port: int, base: str) -> None:
 
     app.mount("/fhir", fhir)
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
-    fhir.state.hddt.audit.close()
+    fhir.state.hddt.close()
 
 
 # --- load generator --------------------------------------------------------------------------

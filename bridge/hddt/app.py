@@ -19,6 +19,7 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
+import sqlalchemy as sa
 from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import Response
@@ -94,8 +95,16 @@ class FhirApp:
                     assert work is not None
                     grant = await self.access.resolve(request)
                     self.limiter.check(grant.pairing_id, data_request=data_request)
-                    resource = await anyio.to_thread.run_sync(work, grant,
-                                                              limiter=self._threads)
+                    try:
+                        resource = await anyio.to_thread.run_sync(work, grant,
+                                                                  limiter=self._threads)
+                    except sa.exc.DBAPIError as exc:
+                        if not exc.connection_invalidated:
+                            raise
+                        # The database restarted under a pooled connection; the pool is
+                        # renewed and the read, idempotent, runs once more.
+                        resource = await anyio.to_thread.run_sync(work, grant,
+                                                                  limiter=self._threads)
                 status = 200
             except AccessDenied as exc:
                 raise _Outcome(exc.status, {"error": exc.error,
@@ -133,6 +142,11 @@ class FhirApp:
             error_description=None if error is None else error[1]))
         return Response(body, status_code=status, headers=headers,
                         media_type=f"{media}; charset=utf-8")
+
+    def close(self) -> None:
+        """Write the audit entries still queued and release the read connections."""
+        self.audit.close()
+        self.service.close()
 
     async def search_params(self, request: Request) -> list[tuple[str, str]]:
         """Query items, plus the form body of ``POST _search`` (http.html "search")."""
@@ -177,8 +191,8 @@ def create_fhir_app(store: Store, settings: HddtSettings, access: AccessResolver
                     base_url: str, clock: Clock = _utc_now) -> FastAPI:
     """The resource server; ``base_url`` is its public FHIR base (e.g. ``…/fhir``).
 
-    ``app.state.hddt`` is the :class:`FhirApp` (its ``audit`` should be closed on shutdown:
-    mounted sub-applications get no lifespan events)."""
+    ``app.state.hddt`` is the :class:`FhirApp` (call its ``close()``, or at least close its
+    ``audit``, on shutdown: mounted sub-applications get no lifespan events)."""
     fhir = FhirApp(store, settings, access, base_url=base_url, clock=clock)
     app = FastAPI(title="HDDT FHIR resource server", openapi_url=None, docs_url=None,
                   redoc_url=None)

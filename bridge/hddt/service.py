@@ -9,6 +9,7 @@ Observation the grant may see references them (smart-scopes.md).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import threading
 import time
@@ -19,7 +20,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 
 from bridge.backend.store import Store, cgm_readings, glucose_readings, insulin_events
 from bridge.hddt import data, devices, insulin, observations, outcome, search
@@ -91,6 +92,24 @@ class FhirService:
         self._cells: dict[tuple[Any, ...], list[tuple[Chunk, dict[str, Any]]]] = {}
         self._devices_cache: dict[str, tuple[float, list[DeviceRow],
                                              dict[str, DeviceTimeline]]] = {}
+        # PostgreSQL: a read engine of its own in autocommit and without the pool's pre-ping
+        # (one round trip less per request). A connection lost to a server restart raises
+        # with ``connection_invalidated``; the app then runs the (idempotent) read once more.
+        self._read_engine: Engine | None = None
+        if store.engine.dialect.name == "postgresql":
+            self._read_engine = sa.create_engine(
+                store.engine.url, isolation_level="AUTOCOMMIT",
+                pool_size=settings.worker_threads + 1, max_overflow=4)
+
+    def _read(self) -> contextlib.AbstractContextManager[Connection]:
+        """A connection for one interaction's reads."""
+        if self._read_engine is None:
+            return self.store.read()
+        return self._read_engine.connect()
+
+    def close(self) -> None:
+        if self._read_engine is not None:
+            self._read_engine.dispose()
 
     # --- context -------------------------------------------------------------------------
 
@@ -168,7 +187,7 @@ class FhirService:
         forward = cursor is None or cursor.forward
         # Fetch order: the sort order going forward, the reverse going back.
         fetch_desc = s.descending == forward
-        with self.store.read() as conn:
+        with self._read() as conn:
             ctx = self._context(conn, grant)
             lo, _hi = search.date_window(s.dates)
             if s.dates and lo < ctx.cutoff:
@@ -483,7 +502,7 @@ class FhirService:
 
     def read_observation(self, grant: AccessGrant, resource_id: str) -> dict[str, Any]:
         ref = f"Observation/{resource_id}"
-        with self.store.read() as conn:
+        with self._read() as conn:
             ctx = self._context(conn, grant)
             if resource_id.startswith("bg-") and resource_id[3:].isdigit():
                 return self._read_bg(conn, ctx, int(resource_id[3:]), ref)
@@ -557,7 +576,7 @@ class FhirService:
         ref = f"Device/{resource_id}"
         if SCOPE_DEVICE not in grant.scopes or not resource_id.startswith("dev-"):
             raise outcome.not_known(ref)
-        with self.store.read() as conn:
+        with self._read() as conn:
             ctx = self._context(conn, grant)
             device = ctx.by_key.get(resource_id[4:])
             if device is None or not self._device_visible(ctx, device):
@@ -568,7 +587,7 @@ class FhirService:
         ref = f"DeviceMetric/{resource_id}"
         if SCOPE_DEVICE_METRIC not in grant.scopes:
             raise outcome.not_known(ref)
-        with self.store.read() as conn:
+        with self._read() as conn:
             ctx = self._context(conn, grant)
             found = self._resolve_metric(ctx, resource_id)
             if found is None or found[1] not in self._metric_states(conn, ctx, found[0]):
@@ -605,7 +624,7 @@ class FhirService:
 
     def search_devices(self, grant: AccessGrant, s: search.DeviceSearch,
                        query: Sequence[tuple[str, str]]) -> dict[str, Any]:
-        with self.store.read() as conn:
+        with self._read() as conn:
             ctx = self._context(conn, grant)
             found: list[_Hit] = []
             if SCOPE_DEVICE in grant.scopes:
@@ -631,7 +650,7 @@ class FhirService:
     def search_metrics(self, grant: AccessGrant, s: search.DeviceMetricSearch,
                        query: Sequence[tuple[str, str]]) -> dict[str, Any]:
         included: list[dict[str, Any]] = []
-        with self.store.read() as conn:
+        with self._read() as conn:
             ctx = self._context(conn, grant)
             found: list[_Hit] = []
             if SCOPE_DEVICE_METRIC in grant.scopes:
@@ -722,7 +741,7 @@ class FhirService:
                    end: dt.datetime) -> tuple[list[data.CgmRow], dict[str, dict[str, Any]]]:
         """CGM readings of the grant's patient in ``[start, end)`` within the historic
         period, and the Device resources of their sensors."""
-        with self.store.read() as conn:
+        with self._read() as conn:
             ctx = self._context(conn, grant)
             rows = data.cgm_rows(conn, grant.patient_id, max(start, ctx.cutoff), end)
             used = {r.device_id for r in rows}

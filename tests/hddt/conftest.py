@@ -214,7 +214,7 @@ def make_fhir(store: Store, now: dt.datetime, settings: HddtSettings | None = No
         yield Fhir(store, clock, client, app, patient)
     finally:
         client.close()
-        app.state.hddt.audit.close()
+        app.state.hddt.close()
 
 
 @pytest.fixture(scope="module")

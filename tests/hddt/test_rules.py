@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,7 +14,17 @@ from fhir.resources.R4B import get_fhir_model_class
 from bridge.backend.store import Store, list_audit
 from bridge.hddt.settings import HddtSettings, SettingsError
 from simulators.run import MANUFACTURER
-from tests.hddt.conftest import Fhir, SimulatedPatient, included, make_fhir, matches
+from tests.hddt.conftest import (
+    Fhir,
+    SimulatedPatient,
+    included,
+    ingest,
+    make_fhir,
+    matches,
+    new_store,
+    provision,
+    simulated,
+)
 from tests.hddt.helpers import assert_valid
 
 SNOMED = "http://snomed.info/sct"
@@ -213,3 +224,24 @@ def test_every_request_is_audited_by_pairing(fhir: Fhir) -> None:
     assert second.detail["error_description"] == "Unknown search parameter nope"
     assert bad.status_code == 400 and anonymous.status_code == 401
     assert third.subject_id == "-" and third.detail["status"] == 401
+
+
+def test_reads_survive_dropped_database_connections(
+        request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """A read whose pooled PostgreSQL connection died (server restart, failover) runs once
+    more on a fresh one instead of failing."""
+    with new_store("postgresql", tmp_path, request) as store:
+        provision(store, "p-1", "gw-1")
+        sim = simulated()
+        info, records = sim.of_kind("blood-glucose-meter")
+        ingest(store, "gw-1", info, records)
+        with make_fhir(store, sim.end) as fhir:
+            assert fhir.get("/Observation?_count=1").status_code == 200
+            with store.begin() as conn:
+                killed = conn.exec_driver_sql(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE "
+                    "pid <> pg_backend_pid() AND datname = current_database()").scalar_one()
+            assert killed >= 1
+            r = fhir.get("/Observation?_count=1")
+            assert r.status_code == 200, r.text
+            assert len(matches(r.json())) == 1
