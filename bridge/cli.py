@@ -70,6 +70,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     import asyncio
 
     from bridge.demo import DemoError, DemoOptions, run_demo
+    from bridge.edge.config import BLE_PROFILES
 
     if not 1 <= args.patients <= 3:
         print("error: --patients must be 1, 2 or 3", file=sys.stderr)
@@ -81,12 +82,21 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if not 0 < args.speed <= 100_000 or (args.duration is not None and args.duration <= 0):
         print("error: --speed must be in (0, 100000] and --duration > 0", file=sys.stderr)
         return 2
+    ble_devices = []
+    for item in args.ble_device:
+        profile, sep, address = item.partition("=")
+        if not sep or profile not in BLE_PROFILES or not address:
+            print(f"error: --ble-device wants PROFILE=ADDRESS with PROFILE one of "
+                  f"{', '.join(BLE_PROFILES)}, not {item!r}", file=sys.stderr)
+            return 2
+        ble_devices.append((profile, address))
     options = DemoOptions(state_dir=Path(args.state_dir), patients=args.patients,
                           history_days=args.history_days, live_days=args.live_days,
                           speed=args.speed, duration_s=args.duration,
                           exit_when_ready=args.exit_when_ready, port=args.port,
                           http_port=args.http_port, broker_url=args.broker_url,
-                          database_url=args.database_url, seed=args.seed)
+                          database_url=args.database_url, seed=args.seed,
+                          ble_devices=tuple(ble_devices))
     try:
         summary = asyncio.run(run_demo(options))
     except DemoError as exc:
@@ -151,6 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an external database (postgresql+psycopg://USER@HOST/DB) instead "
                         "of SQLite in the state folder")
     p.add_argument("--seed", type=int, default=0, help="simulation seed (default 0)")
+    p.add_argument("--ble-device", action="append", default=[], metavar="PROFILE=ADDRESS",
+                   help="also read a real BLE device through bleak (BlueZ) for the patient "
+                        "demo-patient-ble; PROFILE is glucose, cgm or insulin-pump "
+                        "(repeatable)")
     p.set_defaults(handler=_cmd_demo)
 
     from bridge.backend.broker_cli import register as register_broker

@@ -110,6 +110,9 @@ class DemoOptions:
     #: An external database (``postgresql+psycopg://USER@HOST/DB``) instead of SQLite.
     database_url: str | None = None
     seed: int = 0
+    #: Real BLE devices read through bleak (BlueZ) by one more gateway, for the patient
+    #: ``demo-patient-ble``: (profile, address) pairs, e.g. ("glucose", "C0:26:DA:01:02:03").
+    ble_devices: tuple[tuple[str, str], ...] = ()
 
 
 class DemoError(BridgeError):
@@ -277,6 +280,9 @@ def _stored_by_device(store: Store) -> dict[str, int]:
 DEMO_PATIENT_IDS = ("demo-patient-1", "demo-patient-2", "demo-patient-3")
 #: Each patient's own gateway (their Pi or phone), with its own agent and outbox.
 DEMO_GATEWAY_IDS = ("demo-gateway-1", "demo-gateway-2", "demo-gateway-3")
+#: The patient and gateway of real BLE devices (``--ble-device``), read through bleak.
+BLE_PATIENT_ID = "demo-patient-ble"
+BLE_GATEWAY_ID = "demo-gateway-ble"
 DEMO_PATIENT_NAMES = ("Type 1 adult: insulin pump, CGM and meter",
                       "Type 1 adolescent: CGM",
                       "Type 2 adult: serial blood glucose meter")
@@ -286,9 +292,24 @@ def _patient_index(spec: str) -> int:
     return [p.patient for p in DEMO_PATIENTS].index(spec)
 
 
-def _provision(store: Store, fleet: Fleet) -> None:
+def _ble_agent_doc(ble_devices: Sequence[tuple[str, str]], broker_url: str, state: Path,
+                   options: DemoOptions) -> dict[str, Any]:
+    """The agent of the real-device gateway: the production BLE path (bleak on BlueZ)."""
+    doc = _agent_doc([], BLE_GATEWAY_ID, broker_url, state, options)
+    doc["devices"] = [{"name": f"ble-{profile}-{i}", "transport": "ble", "profile": profile,
+                       "address": address, "backend": "bleak",
+                       "poll_interval_s": max(options.poll_interval_s, 30.0)}
+                      for i, (profile, address) in enumerate(ble_devices, start=1)]
+    return doc
+
+
+def _provision(store: Store, fleet: Fleet, *, ble: bool = False) -> None:
     """Register the demo patients and each one's gateway; devices follow their gateway."""
     with store.begin() as conn:
+        if ble:
+            provision_patient(conn, BLE_PATIENT_ID, actor="demo",
+                              display_name="Real BLE devices (bleak)")
+            provision_gateway(conn, BLE_GATEWAY_ID, patient_id=BLE_PATIENT_ID, actor="demo")
         for spec in fleet.config.patients:
             i = _patient_index(spec.patient)
             provision_patient(conn, DEMO_PATIENT_IDS[i], actor="demo",
@@ -343,7 +364,7 @@ async def run_demo(options: DemoOptions, out: TextIO = sys.stdout,
     gateway_ids = [DEMO_GATEWAY_IDS[_patient_index(p.patient)]
                    for p in DEMO_PATIENTS[:options.patients]]
     users: dict[str, str] = {}
-    for name in [*gateway_ids, "ingest"]:
+    for name in [*gateway_ids, *([BLE_GATEWAY_ID] if options.ble_devices else []), "ingest"]:
         secret = state_dir / f"{name}.password"
         if not secret.exists():
             secret.touch(mode=0o600)
@@ -383,7 +404,7 @@ async def run_demo(options: DemoOptions, out: TextIO = sys.stdout,
                                   start=demo_state.start_date,
                                   on_device=lambda d: say(f"device      {_describe(d)}"))
         stack.push_async_callback(fleet.close)
-        await asyncio.to_thread(_provision, store, fleet)
+        await asyncio.to_thread(_provision, store, fleet, ble=bool(options.ble_devices))
 
         worker = IngestWorker(backend_config, store)
         worker.start()
@@ -399,6 +420,12 @@ async def run_demo(options: DemoOptions, out: TextIO = sys.stdout,
                 _agent_doc(own, gateway_id, broker_url, state_dir, options), "demo",
                 state_dir)
             agents.append(Agent(agent_config, link=link))
+        if options.ble_devices:
+            agents.append(Agent(parse_agent_config(
+                _ble_agent_doc(options.ble_devices, broker_url, state_dir, options), "demo",
+                state_dir)))
+            say(f"ble         {len(options.ble_devices)} real device(s) through bleak for "
+                f"{BLE_PATIENT_ID}: " + ", ".join(f"{p} {a}" for p, a in options.ble_devices))
         agent_tasks = [asyncio.create_task(a.run(agent_stop, handle_signals=False))
                        for a in agents]
 
@@ -463,8 +490,9 @@ async def _backfill(store: Store, agents: Sequence[Agent], fleet: Fleet, origin:
     bar = _ProgressBar(out)
     while not stop.is_set():
         queued, devices = _stats(agents)
-        synced = sum(1 for s in devices.values()
-                     if s.last_sync is not None and s.last_sync >= started)
+        # Real BLE devices may be out of range: the backfill waits for the simulated ones.
+        synced = sum(1 for name, s in devices.items()
+                     if name in names and s.last_sync is not None and s.last_sync >= started)
         read = sum(s.records_synced for s in devices.values())
         stored = sum((await asyncio.to_thread(_stored_by_device, store)).values())
         done = synced >= len(names) and queued == 0 and stored >= read
@@ -592,6 +620,8 @@ async def _start_hddt(stack: contextlib.AsyncExitStack, store: Store, options: D
                       fleet: Fleet, say: Callable[[str], None]) -> HddtEndpoints:
     """The HDDT resource server, authorization server, portal and dashboard over TLS."""
     patient_ids = [DEMO_PATIENT_IDS[_patient_index(p.patient)] for p in fleet.config.patients]
+    if options.ble_devices:
+        patient_ids.append(BLE_PATIENT_ID)
     port = _port_or_free(options.http_port) if options.http_port else _free_port()
     app, tls, endpoints = await asyncio.to_thread(
         _hddt_setup, store, options.state_dir, patient_ids, port)

@@ -87,3 +87,26 @@ def test_a_state_folder_refuses_other_settings(tmp_path: Path) -> None:
         cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
     assert other.returncode == 2
     assert "created with --history-days 1, not 5" in other.stderr
+
+
+def test_real_ble_devices_get_their_own_gateway_on_the_bleak_backend(tmp_path: Path) -> None:
+    from bridge.demo import BLE_GATEWAY_ID, DemoOptions, _ble_agent_doc
+    from bridge.edge.config import parse_config
+
+    (tmp_path / f"{BLE_GATEWAY_ID}.password").write_text("secret\n")
+    doc = _ble_agent_doc([("glucose", "C0:26:DA:01:02:03"), ("cgm", "D0:11:22:33:44:55")],
+                         "mqtt://127.0.0.1:18830", tmp_path, DemoOptions(state_dir=tmp_path))
+    config = parse_config(doc, "demo", tmp_path)
+    assert config.gateway_id == BLE_GATEWAY_ID
+    assert [(d.profile, d.address, d.backend) for d in config.devices] == [
+        ("glucose", "C0:26:DA:01:02:03", "bleak"), ("cgm", "D0:11:22:33:44:55", "bleak")]
+
+
+def test_a_bad_ble_device_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bridge", "demo", "--state-dir", str(tmp_path / "s"),
+         "--ble-device", "thermometer=AA:BB:CC:DD:EE:FF"],
+        cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2
+    assert "--ble-device wants PROFILE=ADDRESS" in done.stderr
+    assert not (tmp_path / "s").exists()
