@@ -187,12 +187,13 @@ def _data_columns() -> list[sa.Column[Any]]:
     return [
         sa.Column("id", _id_type(), primary_key=True, autoincrement=True),
         sa.Column("key", sa.String(KEY_LEN), nullable=False, unique=True),
-        sa.Column("patient_id", sa.String(ID_LEN), sa.ForeignKey("patients.id"),
-                  nullable=False),
+        # Copies of the device's patient and gateway for the HDDT indexes, written by the
+        # ingest with the device row in the same transaction: no foreign key of their own
+        # (migration 0003; docs/backend.md, "Keys of the data tables").
+        sa.Column("patient_id", sa.String(ID_LEN), nullable=False),
         sa.Column("device_id", sa.String(ID_LEN), sa.ForeignKey("devices.id"),
                   nullable=False),
-        sa.Column("gateway_id", sa.String(ID_LEN), sa.ForeignKey("gateways.id"),
-                  nullable=False),
+        sa.Column("gateway_id", sa.String(ID_LEN), nullable=False),
         sa.Column("time", UtcDateTime, nullable=False),
         # The device's own wall-clock time, naive, as the device showed it.
         sa.Column("device_time", sa.DateTime(timezone=False)),

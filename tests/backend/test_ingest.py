@@ -47,7 +47,14 @@ from bridge.backend.ingest import (
     classify,
     subscription_filters,
 )
-from bridge.backend.store import Store, cgm_readings, count_records, dead_letters, devices
+from bridge.backend.store import (
+    DATA_TABLES,
+    Store,
+    cgm_readings,
+    count_records,
+    dead_letters,
+    devices,
+)
 from bridge.messages import (
     DeviceState,
     DeviceStatus,
@@ -104,6 +111,22 @@ def provision(store: Store, *pairs: tuple[str, str]) -> None:
             if registry.get_patient(conn, patient) is None:
                 registry.provision_patient(conn, patient, actor="test")
             registry.provision_gateway(conn, gateway, patient_id=patient, actor="test")
+
+
+def rows_unlike_their_device(store: Store) -> list[tuple[str, str]]:
+    """(table, key) of data rows whose patient or gateway copy differs from their device's
+    row: the data tables hold no foreign key of their own for these copies (migration 0003),
+    so the ingest must write them as the device has them."""
+    out: list[tuple[str, str]] = []
+    with store.begin() as conn:
+        for table in DATA_TABLES:
+            out += [(table.name, key) for key in conn.execute(
+                sa.select(table.c.key).join(devices, devices.c.id == table.c.device_id)
+                .where((table.c.patient_id != devices.c.patient_id)
+                       | (table.c.gateway_id != devices.c.gateway_id)
+                       | devices.c.patient_id.is_(None) | devices.c.gateway_id.is_(None)))
+                .scalars()]
+    return out
 
 
 def inbound(topic: str, payload: bytes, at: dt.datetime = NOW) -> Inbound:
@@ -370,6 +393,8 @@ def test_devices_follow_their_gateways_patient(sqlite_store: Store) -> None:
     # The same device from its own patient's gateway is accepted.
     from_b, _ = cgm_batch("gw-b", "cgm-b", 0, 2)
     assert p.ingest([inbound(records_topic("gw-b"), from_b)]).inserted == 2
+    assert sum(sqlite_store.counts().values()) == 4
+    assert rows_unlike_their_device(sqlite_store) == []
 
 
 def test_cgm_calibration_state_follows_the_newest_reading(sqlite_store: Store) -> None:
@@ -497,6 +522,7 @@ def test_three_workers_split_the_load_and_store_once(pg_url: str, tmp_path: Path
         assert sum(w.stats.acked for w in workers) == 140
         status = store.status()
         assert {g.gateway_id: g.devices for g in status.gateways} == {"gw-a": 1, "gw-b": 1}
+        assert rows_unlike_their_device(store) == []
 
 
 @needs_mosquitto

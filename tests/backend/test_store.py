@@ -104,13 +104,13 @@ def insert(store: Store, *records: CgmReading | BloodGlucoseReading | TempBasalS
 
 def test_migrations_create_exactly_the_declared_schema(url: str) -> None:
     with Store.open(url) as store:
-        assert current_revision(store.engine) == head_revision() == "0002"
+        assert current_revision(store.engine) == head_revision() == "0003"
         with store.engine.connect() as conn:
             diff = compare_metadata(MigrationContext.configure(
                 conn, opts={"compare_type": True}), metadata)
         assert diff == []
         # Running them again changes nothing.
-        assert upgrade_to_head(store.engine) == "0002"
+        assert upgrade_to_head(store.engine) == "0003"
 
 
 def test_migrations_go_down_and_up_again(tmp_path: Path) -> None:
@@ -125,9 +125,32 @@ def test_migrations_go_down_and_up_again(tmp_path: Path) -> None:
         with engine.connect() as conn:
             assert sa.inspect(conn).get_table_names() == ["alembic_version"]
         upgrade_to_head(engine)
-        assert current_revision(engine) == "0002"
+        assert current_revision(engine) == "0003"
     finally:
         engine.dispose()
+
+
+def _data_foreign_keys(store: Store) -> dict[str, list[str]]:
+    with store.engine.connect() as conn:
+        inspector = sa.inspect(conn)
+        return {t: sorted(fk["constrained_columns"][0] for fk in inspector.get_foreign_keys(t))
+                for t in ("glucose_readings", "cgm_readings", "insulin_events",
+                          "annunciations")}
+
+
+def test_data_tables_keep_only_the_device_key_and_0003_goes_down(store: Store) -> None:
+    from alembic import command
+
+    assert insert(store, cgm(1), cgm(2)) == 2
+    assert set(map(tuple, _data_foreign_keys(store).values())) == {("device_id",)}
+    with store.engine.begin() as conn:
+        command.downgrade(alembic_config(conn), "0002")
+    assert set(map(tuple, _data_foreign_keys(store).values())) == {
+        ("device_id", "gateway_id", "patient_id")}
+    assert store.counts()["cgm_readings"] == 2
+    upgrade_to_head(store.engine)
+    assert set(map(tuple, _data_foreign_keys(store).values())) == {("device_id",)}
+    assert [r.record for r in store.records(patient_id="p-1")] == [cgm(1), cgm(2)]
 
 
 def test_concurrent_starts_migrate_once(pg: PostgresServer) -> None:
@@ -148,7 +171,7 @@ def test_concurrent_starts_migrate_once(pg: PostgresServer) -> None:
     assert errors == []
     engine = create_engine(url)
     try:
-        assert current_revision(engine) == "0002"
+        assert current_revision(engine) == "0003"
     finally:
         engine.dispose()
 
