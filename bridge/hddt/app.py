@@ -70,7 +70,8 @@ class FhirApp:
         self.limiter = RateLimiter(settings)
         # Few worker threads: the work is mostly Python, and many threads only contend for
         # the GIL (measured by bench/hddt_api.py).
-        self._threads = anyio.CapacityLimiter(settings.worker_threads)
+        self._threads = (anyio.CapacityLimiter(settings.worker_threads)
+                         if settings.worker_threads > 0 else None)
         self.audit = AuditLog(store, interface_id=base_url, batch=settings.audit_batch,
                               flush_interval_s=settings.audit_flush_interval_s)
         self.metadata = capability_statement(base_url=base_url, software_version=_version(),
@@ -96,15 +97,13 @@ class FhirApp:
                     grant = await self.access.resolve(request)
                     self.limiter.check(grant.pairing_id, data_request=data_request)
                     try:
-                        resource = await anyio.to_thread.run_sync(work, grant,
-                                                                  limiter=self._threads)
+                        resource = await self._run(work, grant)
                     except sa.exc.DBAPIError as exc:
                         if not exc.connection_invalidated:
                             raise
                         # The database restarted under a pooled connection; the pool is
                         # renewed and the read, idempotent, runs once more.
-                        resource = await anyio.to_thread.run_sync(work, grant,
-                                                                  limiter=self._threads)
+                        resource = await self._run(work, grant)
                 status = 200
             except AccessDenied as exc:
                 raise _Outcome(exc.status, {"error": exc.error,
@@ -142,6 +141,11 @@ class FhirApp:
             error_description=None if error is None else error[1]))
         return Response(body, status_code=status, headers=headers,
                         media_type=f"{media}; charset=utf-8")
+
+    async def _run(self, work: Work, grant: AccessGrant) -> dict[str, Any]:
+        if self._threads is None:
+            return work(grant)
+        return await anyio.to_thread.run_sync(work, grant, limiter=self._threads)
 
     def close(self) -> None:
         """Write the audit entries still queued and release the read connections."""

@@ -109,23 +109,37 @@ def cgm_rows(conn: Connection, patient_id: str, start: dt.datetime, end: dt.date
     return [make(r) for r in conn.execute(q).all()]
 
 
+#: The cell fingerprints, as driver SQL: run for every CGM search, so the statement is not
+#: rebuilt (SQLAlchemy statement construction cost more than the query itself).
+_CELLS_SQL = {
+    "postgresql": (
+        "SELECT device_id, floor(extract(epoch FROM time) / %(span)s)::bigint AS cell, "
+        "count(*), max(inserted_at) FROM cgm_readings WHERE patient_id = %(patient)s AND "
+        "loinc = %(loinc)s AND time >= %(start)s AND time < %(end)s "
+        "GROUP BY device_id, cell"),
+    # Naive UTC text; whole seconds only (SQLite's strftime rounds fractions up).
+    "sqlite": (
+        "SELECT device_id, CAST(strftime('%s', substr(time, 1, 19)) AS INTEGER) / ? AS cell, "
+        "count(*), max(inserted_at) FROM cgm_readings WHERE patient_id = ? AND loinc = ? "
+        "AND time >= ? AND time < ? GROUP BY device_id, cell"),
+}
+
+
 def cgm_cells(conn: Connection, patient_id: str, start: dt.datetime, end: dt.datetime,
               span_s: int) -> list[tuple[str, int, int, Any]]:
     """Per device and chunk cell in ``[start, end)``: the cell's index (epoch seconds //
     ``span_s``), its number of readings and their newest ``inserted_at`` (as the driver gives
     it). Rows are only ever inserted, so the count and that instant fingerprint a cell."""
-    t = cgm_readings
+    start, end = start.astimezone(dt.UTC), end.astimezone(dt.UTC)
     if conn.dialect.name == "postgresql":
-        cell: Any = sa.func.floor(sa.extract("epoch", t.c.time) / span_s)
-    else:  # naive UTC text; whole seconds only (SQLite rounds fractions)
-        seconds = sa.cast(sa.func.strftime("%s", sa.func.substr(t.c.time, 1, 19)), sa.Integer)
-        cell = seconds.op("/")(sa.literal(span_s, sa.Integer))  # integer division
-    cell = cell.label("cell")
-    q = (sa.select(t.c.device_id, cell, sa.func.count(), sa.func.max(t.c.inserted_at))
-         .where(t.c.patient_id == patient_id, t.c.loinc == CGM_LOINC, t.c.time >= start,
-                t.c.time < end)
-         .group_by(t.c.device_id, cell))
-    return [(r[0], int(r[1]), int(r[2]), r[3]) for r in conn.execute(q).all()]
+        result = conn.exec_driver_sql(_CELLS_SQL["postgresql"], {
+            "span": span_s, "patient": patient_id, "loinc": CGM_LOINC, "start": start,
+            "end": end})
+    else:  # the store keeps naive UTC text on SQLite
+        fmt = "%Y-%m-%d %H:%M:%S.%f"
+        result = conn.exec_driver_sql(_CELLS_SQL["sqlite"], (
+            span_s, patient_id, CGM_LOINC, start.strftime(fmt), end.strftime(fmt)))
+    return [(r[0], int(r[1]), int(r[2]), r[3]) for r in result.all()]
 
 
 GLUCOSE_COLUMNS = (glucose_readings.c.id, glucose_readings.c.device_id, glucose_readings.c.time,

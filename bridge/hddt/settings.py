@@ -58,7 +58,8 @@ class HddtSettings:
     #: How long the patient's devices and their newest reading times are reused between
     #: requests (seconds; 0: read per request). Far below the Vendor Holdup.
     context_cache_s: float = 1.0
-    #: Threads that run the interactions (database and resource building) concurrently.
+    #: Threads that run the interactions (database and resource building) concurrently;
+    #: 0 runs them on the event loop itself.
     worker_threads: int = 4
     #: Audit entries are written in batches of at most this many, at least this often.
     audit_batch: int = 200
@@ -80,6 +81,8 @@ class HddtSettings:
                                 f"{self.expired_read_status}")
         if not 1 <= self.page_size_default <= self.page_size_max:
             raise SettingsError("page sizes need 1 <= default <= max")
+        if self.worker_threads < 0:
+            raise SettingsError(f"worker_threads must be >= 0, got {self.worker_threads}")
         if self.rate_limit_per_minute is not None and (
                 self.rate_limit_per_minute <= 0 or self.rate_limit_burst < 1):
             raise SettingsError("the rate limit needs a positive rate and a burst >= 1")

@@ -151,6 +151,17 @@ def test_grace_period_between_data_requests(filled: tuple[Store, SimulatedPatien
         assert fhir.get("/Device").status_code == 200
 
 
+def test_interactions_on_the_event_loop_give_the_same_answers(
+        filled: tuple[Store, SimulatedPatient]) -> None:
+    store, sim = filled
+    answers = []
+    for threads in (0, 2):
+        settings = HddtSettings(rate_limit_per_minute=None, worker_threads=threads)
+        with make_fhir(store, sim.end, settings) as fhir:
+            answers.append([o["id"] for o in matches(fhir.bundle("/Observation?_count=40"))])
+    assert answers[0] == answers[1] and len(answers[0]) == 40
+
+
 def test_settings_keep_the_spec_bounds() -> None:
     with pytest.raises(SettingsError):
         HddtSettings(historic_period=dt.timedelta(days=29))
@@ -158,6 +169,8 @@ def test_settings_keep_the_spec_bounds() -> None:
         HddtSettings(grace_period=dt.timedelta(minutes=16))
     with pytest.raises(SettingsError):
         HddtSettings(cgm_chunk_span=dt.timedelta(minutes=7))
+    with pytest.raises(SettingsError):
+        HddtSettings(worker_threads=-1)
 
 
 @pytest.mark.parametrize("status", [404, 410])
