@@ -12,11 +12,14 @@ import pytest
 from fhir.resources.R4B import get_fhir_model_class
 
 from bridge.backend.store import Store, list_audit
+from bridge.hddt.access import AccessDenied, AccessGrant
+from bridge.hddt.app import create_fhir_app
 from bridge.hddt.settings import HddtSettings, SettingsError
 from simulators.run import MANUFACTURER
 from tests.hddt.conftest import (
     Fhir,
     SimulatedPatient,
+    SyncClient,
     included,
     ingest,
     make_fhir,
@@ -258,3 +261,50 @@ def test_reads_survive_dropped_database_connections(
             r = fhir.get("/Observation?_count=1")
             assert r.status_code == 200, r.text
             assert len(matches(r.json())) == 1
+
+
+class _Refusing:
+    """A resolver refusing every request as the token checks of the authorization server do."""
+
+    def __init__(self, description: str) -> None:
+        self.description = description
+
+    async def resolve(self, connection: Any) -> AccessGrant:
+        raise AccessDenied(401, "invalid_token", self.description)
+
+
+@pytest.mark.parametrize("description", [
+    "Token is not a signed JWT", "Invalid token issuer", "The access token expired",
+    "Token cannot be used yet"])
+def test_token_refusals_as_error_codes_lists_them(empty_store: Store, description: str) -> None:
+    app = create_fhir_app(empty_store, HddtSettings(), _Refusing(description),
+                          base_url="https://ddr.example/fhir")
+    client = SyncClient(app, "https://ddr.example")
+    try:
+        r = client.get("/Observation", headers={"Authorization": "Bearer x"})
+    finally:
+        client.close()
+        app.state.hddt.close()
+    assert r.status_code == 401
+    assert r.headers["www-authenticate"] == (
+        f'Bearer error="invalid_token", error_description="{description}"')
+    assert r.json() == {"error": "invalid_token", "error_description": description}
+
+
+def test_errors_in_xml_when_xml_is_asked_for(fhir: Fhir) -> None:
+    r = fhir.get("/Observation?colour=blue&_format=xml")
+    assert r.status_code == 400 and r.headers["content-type"].startswith("application/fhir+xml")
+    outcome: Any = get_fhir_model_class("OperationOutcome").model_validate_xml(r.content)
+    assert outcome.issue[0].diagnostics == "Unknown search parameter colour"
+
+
+def test_a_failure_inside_is_500_with_an_exception_outcome(empty_store: Store) -> None:
+    provision(empty_store, "p-1", "gw-1")
+    with empty_store.begin() as conn:  # a store broken underneath the server
+        conn.exec_driver_sql("DROP TABLE glucose_readings")
+    with make_fhir(empty_store, dt.datetime(2027, 3, 1, tzinfo=dt.UTC)) as fhir:
+        r = fhir.get("/Observation?code=41653-7", "t-bg")
+        assert r.status_code == 500
+        issue = r.json()["issue"][0]
+        assert issue["severity"] == "error" and issue["code"] == "exception"
+        assert fhir.get("/metadata", token=None).status_code == 200  # still serving
