@@ -11,8 +11,9 @@ requests/s and p50/p99 latency of
   ``_include:iterate=DeviceMetric:source``, and
 * the baseline,
 
-then the vendor holdup: a reading is ingested and the interface polled until it shows
-(blood glucose: the newest Observation; CGM: the current chunk).
+the same search on a second server with the chunk cache off (every request reads and builds
+its chunks), then the vendor holdup: a reading is ingested and the interface polled until it
+shows (blood glucose: the newest Observation; CGM: the current chunk).
 
 Run from a checkout: ``.venv/bin/python bench/hddt_api.py``. The last line is one JSON object.
 """
@@ -63,8 +64,9 @@ METER = DeviceInfo(device_id="bench-meter", kind=DeviceKind.BLOOD_GLUCOSE_METER,
 
 # --- the server process ----------------------------------------------------------------------
 
-def serve(url: str, port: int, base: str) -> None:
-    """uvicorn with the FHIR app at /fhir and the baseline at /baseline."""
+def serve(url: str, port: int, base: str, *, cold: bool = False) -> None:
+    """uvicorn with the FHIR app at /fhir and the baseline at /baseline; ``cold`` switches
+    the chunk cache off (every search reads and builds its chunks)."""
     import uvicorn  # noqa: PLC0415
     from fastapi import FastAPI  # noqa: PLC0415
 
@@ -86,7 +88,7 @@ def serve(url: str, port: int, base: str) -> None:
                             observation_scope(MIV_CONTINUOUS_GLUCOSE),
                             observation_scope(MIV_BLOOD_GLUCOSE), SCOPE_DEVICE,
                             SCOPE_DEVICE_METRIC}))
-    fhir = create_fhir_app(store, HddtSettings(rate_limit_per_minute=None),
+    fhir = create_fhir_app(store, HddtSettings(rate_limit_per_minute=None, cell_cache=not cold),
                            StaticAccessResolver({TOKEN: grant}), base_url=base + "/fhir")
     app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
     body = {"data": b""}
@@ -230,6 +232,16 @@ def _wait_port(port: int, timeout: float = 30.0) -> None:
     raise RuntimeError(f"the server did not listen on port {port}")
 
 
+def _start(url: str, *, cold: bool) -> tuple[subprocess.Popen[bytes], int]:
+    """The server process on a free port, listening."""
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, __file__, "--serve", url, str(port), f"http://127.0.0.1:{port}",
+         "cold" if cold else "warm"], env=os.environ | {"PYTHONPATH": str(ROOT)})
+    _wait_port(port)
+    return server, port
+
+
 def z(value: dt.datetime) -> str:
     return value.strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -267,7 +279,7 @@ async def holdup(store: Store, port: int, now: dt.datetime) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--serve", nargs=3, metavar=("URL", "PORT", "BASE"),
+    parser.add_argument("--serve", nargs=4, metavar=("URL", "PORT", "BASE", "COLD"),
                         help=argparse.SUPPRESS)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=10.0)
@@ -275,8 +287,8 @@ def main() -> None:
     parser.add_argument("--interval", type=int, default=5, help="CGM sample interval, minutes")
     args = parser.parse_args()
     if args.serve:
-        url, port, base = args.serve
-        serve(url, int(port), base)
+        url, port, base, cold = args.serve
+        serve(url, int(port), base, cold=cold == "cold")
         return
     if not postgres_available():
         sys.exit("PostgreSQL server binaries are needed (initdb, pg_ctl)")
@@ -291,11 +303,7 @@ def main() -> None:
             n = fill(store, now, args.days, args.interval)
             print(f"stored {n} CGM readings ({args.days} days every {args.interval} min) in "
                   f"{time.perf_counter() - t0:.1f} s", flush=True)
-            port = _free_port()
-            base = f"http://127.0.0.1:{port}"
-            server = subprocess.Popen([sys.executable, __file__, "--serve", url, str(port),
-                                       base], env=os.environ | {"PYTHONPATH": str(ROOT)})
-            _wait_port(port)
+            server, port = _start(url, cold=False)
             day_end = now.replace(minute=0, second=0, microsecond=0)
             day_start = day_end - dt.timedelta(days=1)
             search = (f"/fhir/Observation?code=99504-3&date=ge{quote(z(day_start))}"
@@ -321,6 +329,16 @@ def main() -> None:
             print(f"baseline (same body precomputed): {base_run['requests_per_s']:,.0f} "
                   f"requests/s, p50 {base_run['p50_ms']:.1f} ms, p99 "
                   f"{base_run['p99_ms']:.1f} ms", flush=True)
+            cold_server, cold_port = _start(url, cold=True)
+            try:
+                cold = asyncio.run(_load(cold_port, search, concurrency=args.concurrency,
+                                         seconds=args.seconds))
+            finally:
+                cold_server.terminate()
+                cold_server.wait(10)
+            print(f"same search, chunk cache off (every request reads and builds its 24 "
+                  f"chunks): {cold['requests_per_s']:,.0f} requests/s, p50 "
+                  f"{cold['p50_ms']:.1f} ms, p99 {cold['p99_ms']:.1f} ms", flush=True)
             ratio = fhir["requests_per_s"] / base_run["requests_per_s"]
             print(f"ratio to baseline: {ratio:.2f}", flush=True)
             hold = asyncio.run(holdup(store, port, now))
@@ -340,6 +358,9 @@ def main() -> None:
         "baseline_p50_ms": round(base_run["p50_ms"], 2),
         "baseline_p99_ms": round(base_run["p99_ms"], 2),
         "ratio_to_baseline": round(ratio, 3), "concurrency": args.concurrency,
+        "search_no_chunk_cache_requests_per_s": round(cold["requests_per_s"], 1),
+        "search_no_chunk_cache_p50_ms": round(cold["p50_ms"], 2),
+        "search_no_chunk_cache_p99_ms": round(cold["p99_ms"], 2),
         "body_bytes": fhir["body_bytes"], "chunks": chunks, "errors": fhir["errors"],
         "holdup_blood_glucose_ms": round(1000 * hold["bg_s"], 1),
         "holdup_cgm_ms": round(1000 * hold["cgm_s"], 1),

@@ -95,18 +95,45 @@ class CgmRow(NamedTuple):
     inserted_at: dt.datetime
 
 
+_ROWS_SQL = {
+    "postgresql": (
+        "SELECT device_id, time, value, annunciations, inserted_at FROM cgm_readings "
+        "WHERE patient_id = %(patient)s AND loinc = %(loinc)s AND time >= %(start)s AND "
+        "time < %(end)s{devices} ORDER BY device_id, time, id"),
+    "sqlite": (
+        "SELECT device_id, time, value, annunciations, inserted_at FROM cgm_readings "
+        "WHERE patient_id = ? AND loinc = ? AND time >= ? AND time < ?{devices} "
+        "ORDER BY device_id, time, id"),
+}
+_SQLITE_TIME = "%Y-%m-%d %H:%M:%S.%f"
+
+
 def cgm_rows(conn: Connection, patient_id: str, start: dt.datetime, end: dt.datetime,
              device_ids: Sequence[str] | None = None) -> list[CgmRow]:
-    """The patient's CGM readings with ``start <= time < end``, by device and time."""
-    t = cgm_readings
-    q = (sa.select(t.c.device_id, t.c.time, t.c.value, t.c.annunciations, t.c.inserted_at)
-         .where(t.c.patient_id == patient_id, t.c.loinc == CGM_LOINC, t.c.time >= start,
-                t.c.time < end)
-         .order_by(t.c.device_id, t.c.time, t.c.id))
+    """The patient's CGM readings with ``start <= time < end``, by device and time (driver
+    SQL: hundreds of rows per search, no per-row type processing beyond the instants)."""
+    start, end = start.astimezone(dt.UTC), end.astimezone(dt.UTC)
+    devices_list = list(device_ids) if device_ids is not None else []
+    if conn.dialect.name == "postgresql":
+        params: dict[str, Any] = {"patient": patient_id, "loinc": CGM_LOINC, "start": start,
+                                  "end": end}
+        cond = ""
+        if device_ids is not None:
+            cond = " AND device_id = ANY(%(devices)s)"
+            params["devices"] = devices_list
+        result = conn.exec_driver_sql(_ROWS_SQL["postgresql"].format(devices=cond), params)
+        utc = dt.UTC
+        return [CgmRow(r[0], r[1].astimezone(utc), r[2], r[3], r[4].astimezone(utc))
+                for r in result.all()]
+    cond = ""
     if device_ids is not None:
-        q = q.where(t.c.device_id.in_(list(device_ids)))
-    make = CgmRow._make
-    return [make(r) for r in conn.execute(q).all()]
+        cond = " AND device_id IN (" + ",".join("?" * len(devices_list)) + ")"
+    result = conn.exec_driver_sql(_ROWS_SQL["sqlite"].format(devices=cond), (
+        patient_id, CGM_LOINC, start.strftime(_SQLITE_TIME), end.strftime(_SQLITE_TIME),
+        *devices_list))
+    parse = dt.datetime.fromisoformat
+    return [CgmRow(r[0], parse(r[1]).replace(tzinfo=dt.UTC), r[2], r[3],
+                   parse(r[4]).replace(tzinfo=dt.UTC)) for r in result.all()]
 
 
 #: The cell fingerprints, as driver SQL: run for every CGM search, so the statement is not

@@ -343,9 +343,11 @@ class FhirService:
         span = st.cgm_chunk_span
         span_s = int(span.total_seconds())
         out: list[tuple[Chunk, dict[str, Any]]] = []
-        missing: dict[tuple[str, dt.datetime], tuple[Any, ...]] = {}
-        for device_id, index, count, newest in data.cgm_cells(conn, ctx.grant.patient_id, a, b,
-                                                              span_s):
+        missing: dict[tuple[str, dt.datetime], tuple[Any, ...] | None] = {}
+        # Without the cache, every cell of the window is built from its rows.
+        cells_in = (data.cgm_cells(conn, ctx.grant.patient_id, a, b, span_s)
+                    if st.cell_cache else [])
+        for device_id, index, count, newest in cells_in:
             timeline = ctx.lines.get(device_id)
             if timeline is None:
                 continue
@@ -354,16 +356,19 @@ class FhirService:
             key = (device_id, index, count, newest, timeline.retired_at,
                    last if last is not None and last < cell + span else None)
             with self._cache_lock:
-                hit = self._cells.get(key)
+                hit = self._cells.get(key) if st.cell_cache else None
             if hit is not None:
                 out += hit
             else:
                 missing[(device_id, cell)] = key
-        if missing:
-            lo = min(cell for _d, cell in missing)
-            hi = max(cell for _d, cell in missing) + span
-            rows = data.cgm_rows(conn, ctx.grant.patient_id, lo, hi,
-                                 sorted({d for d, _c in missing}))
+        if missing or not st.cell_cache:
+            if st.cell_cache:
+                lo = min(cell for _d, cell in missing)
+                hi = max(cell for _d, cell in missing) + span
+                rows = data.cgm_rows(conn, ctx.grant.patient_id, lo, hi,
+                                     sorted({d for d, _c in missing}))
+            else:
+                rows = data.cgm_rows(conn, ctx.grant.patient_id, a, b)
             cells: dict[tuple[str, dt.datetime], list[data.CgmRow]] = {}
             current: list[data.CgmRow] = []
             cell_end = _MIN
@@ -375,14 +380,17 @@ class FhirService:
                     cell_end = cell + span
                     current = cells.setdefault((device, cell), [])
                 current.append(row)
-            for (device_id, cell), key in missing.items():
+            if not st.cell_cache:
+                missing = {c: None for c in cells if c[0] in ctx.lines}
+            for (device_id, cell), cell_key in missing.items():
                 built = [(c, self._chunk_resource(c)) for c in observations.cell_chunks(
                     ctx.lines[device_id], cell, cells.get((device_id, cell), []), span=span,
                     now=ctx.now, pending_window=st.cgm_pending_window)]
-                with self._cache_lock:
-                    if len(self._cells) > 50_000:
-                        self._cells.clear()
-                    self._cells[key] = built
+                if cell_key is not None:
+                    with self._cache_lock:
+                        if len(self._cells) > 50_000:
+                            self._cells.clear()
+                        self._cells[cell_key] = built
                 out += built
         # Pending cells: after a current sensor's newest reading, up to now (never kept).
         for line in ctx.lines.values():

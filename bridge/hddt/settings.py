@@ -58,6 +58,8 @@ class HddtSettings:
     #: How long the patient's devices and their newest reading times are reused between
     #: requests (seconds; 0: read per request). Far below the Vendor Holdup.
     context_cache_s: float = 1.0
+    #: Keep built CGM chunks per cell fingerprint (off: every search builds its chunks).
+    cell_cache: bool = True
     #: Threads that run the interactions (database and resource building) concurrently;
     #: 0 runs them on the event loop itself.
     worker_threads: int = 4

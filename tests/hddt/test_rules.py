@@ -154,15 +154,19 @@ def test_grace_period_between_data_requests(filled: tuple[Store, SimulatedPatien
         assert fhir.get("/Device").status_code == 200
 
 
-def test_interactions_on_the_event_loop_give_the_same_answers(
+def test_threads_and_chunk_cache_change_how_not_what(
         filled: tuple[Store, SimulatedPatient]) -> None:
     store, sim = filled
     answers = []
-    for threads in (0, 2):
-        settings = HddtSettings(rate_limit_per_minute=None, worker_threads=threads)
+    for threads, cache in ((0, True), (2, False), (4, True)):
+        settings = HddtSettings(rate_limit_per_minute=None, worker_threads=threads,
+                                cell_cache=cache)
         with make_fhir(store, sim.end, settings) as fhir:
-            answers.append([o["id"] for o in matches(fhir.bundle("/Observation?_count=40"))])
-    assert answers[0] == answers[1] and len(answers[0]) == 40
+            for _ in range(2):  # the second search finds the chunks kept by the first
+                bundle = fhir.bundle("/Observation?_count=30&_include=Observation:device")
+                answers.append([e["resource"] for e in bundle["entry"]])
+    assert len(answers[0]) > 30
+    assert all(a == answers[0] for a in answers)
 
 
 def test_settings_keep_the_spec_bounds() -> None:
