@@ -11,9 +11,18 @@ from urllib.parse import urlsplit
 import pytest
 from fhir.resources.R4B import get_fhir_model_class
 
+from bridge.backend.store import Store
 from bridge.hddt.observations import BG_LOINC_BY_SAMPLE
-from bridge.records import BloodGlucoseReading, CgmReading
-from tests.hddt.conftest import Fhir, included, matches, outcomes
+from bridge.records import BloodGlucoseReading, CgmReading, DeviceInfo, DeviceKind
+from tests.hddt.conftest import (
+    Fhir,
+    included,
+    ingest,
+    make_fhir,
+    matches,
+    outcomes,
+    provision,
+)
 from tests.hddt.helpers import assert_valid
 
 
@@ -188,6 +197,11 @@ def test_paging_forward_and_back_visits_everything_once(fhir: Fhir) -> None:
     assert not any(link["relation"] == "previous" for link in first["link"])
 
 
+def test_paging_newest_first(fhir: Fhir) -> None:
+    everything = [o["id"] for o in matches(fhir.bundle("/Observation?_sort=-date&_count=500"))]
+    assert [o["id"] for o in all_pages(fhir, "/Observation?_sort=-date&_count=5")] == everything
+
+
 def test_includes_follow_the_references(fhir: Fhir) -> None:
     plain = fhir.bundle("/Observation?_count=500")
     assert included(plain) == []
@@ -272,3 +286,32 @@ def test_unsupported_formats_are_406(fhir: Fhir, accept: str, text: str) -> None
     ok = fhir.get("/Observation?_count=1", headers={"Accept": "application/fhir+json; "
                                                               "fhirVersion=4.0"})
     assert ok.status_code == 200
+
+
+def test_paging_links_stay_stable_while_data_arrives(empty_store: Store) -> None:
+    provision(empty_store, "p-1", "gw-1")
+    meter = DeviceInfo(device_id="meter-x", kind=DeviceKind.BLOOD_GLUCOSE_METER,
+                       manufacturer="Acme", model="Meter", serial_number="M-1")
+    t0 = dt.datetime(2027, 3, 1, 8, tzinfo=dt.UTC)
+
+    def readings(*hours: int) -> list[BloodGlucoseReading]:
+        return [BloodGlucoseReading(device_id=meter.device_id, sequence=h, time=t0 +
+                                    dt.timedelta(hours=h), glucose_mg_dl=100.0 + h)
+                for h in hours]
+
+    ingest(empty_store, "gw-1", meter, readings(10, 11, 12, 13, 14, 15, 16))
+    with make_fhir(empty_store, t0 + dt.timedelta(days=2)) as fhir:
+        first = fhir.bundle("/Observation?_count=3", "t-bg")
+        seen = [o["effectiveDateTime"] for o in matches(first)]
+        # Readings arrive before the first page and after everything: an offset would shift.
+        ingest(empty_store, "gw-1", meter, readings(1, 2, 20, 21))
+        bundle = first
+        while True:
+            nxt = [link["url"] for link in bundle["link"] if link["relation"] == "next"]
+            if not nxt:
+                break
+            url = urlsplit(nxt[0])
+            bundle = fhir.bundle(url.path.removeprefix("/fhir") + "?" + url.query, "t-bg")
+            seen += [o["effectiveDateTime"] for o in matches(bundle)]
+    expected = [iso(t0 + dt.timedelta(hours=h)) for h in (10, 11, 12, 13, 14, 15, 16, 20, 21)]
+    assert seen == expected
