@@ -24,9 +24,11 @@ message at a time each).
    committed to PostgreSQL, PUBACK only after the commit): records/s and messages/s until the
    last record is committed. Then the stored rows are counted (every record exactly once).
 
-``ratio_vs_raw`` is ingest messages/s over raw 200-byte messages/s (the issue's definition);
-``ratio_vs_raw_same_payload`` compares with the broker moving the same payloads. Targets: at
-least 20,000 records/s end to end on 2 cores, and a ratio of at least 0.5.
+``ratio_messages_vs_raw_200b`` is ingest messages/s over raw 200-byte messages/s (the issue's
+definition); ``ratio_messages_vs_raw_same_payload`` compares with the broker moving the same
+payloads; ``ratio_records_vs_raw_200b_messages`` is ingest records/s over raw 200-byte
+messages/s (each record as if it were a message). Targets: at least 20,000 records/s end to
+end on 2 cores, and a messages/s ratio of at least 0.5.
 
 The last line printed is one JSON object with every number.
 """
@@ -443,13 +445,21 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     best = max(runs, key=lambda r: r["records_per_s"])
     print(json.dumps({
-        "raw_messages_per_s": round(raw["messages_per_s"], 1),
+        # End to end, the best worker count: publish -> committed in PostgreSQL.
+        "records_per_s": round(best["records_per_s"], 1),
+        "messages_per_s": round(best["messages_per_s"], 1),
+        # The broker alone (publish -> subscribe, nothing decoded or stored).
+        "raw_200b_messages_per_s": round(raw["messages_per_s"], 1),
         "raw_same_payload_messages_per_s": round(same["messages_per_s"], 1),
-        "ingest_records_per_s": round(best["records_per_s"], 1),
-        "ingest_messages_per_s": round(best["messages_per_s"], 1),
+        # Ingest messages/s over the broker's messages/s (the issue's ratio, target 0.5).
+        "ratio_messages_vs_raw_200b": round(best["messages_per_s"] / raw["messages_per_s"], 3),
+        "ratio_messages_vs_raw_same_payload": round(
+            best["messages_per_s"] / same["messages_per_s"], 3),
+        # Ingest records/s over the broker's 200-byte messages/s: each record counted as if
+        # it were a message of its own (what one-record messages would have to reach).
+        "ratio_records_vs_raw_200b_messages": round(
+            best["records_per_s"] / raw["messages_per_s"], 3),
         "ingest_workers": best["workers"],
-        "ratio_vs_raw": round(best["messages_per_s"] / raw["messages_per_s"], 3),
-        "ratio_vs_raw_same_payload": round(best["messages_per_s"] / same["messages_per_s"], 3),
         "ingest_records_per_s_by_workers": {str(r["workers"]): round(r["records_per_s"], 1)
                                             for r in runs},
         "stage_json_records_per_s": round(st["json_records_per_s"], 1),

@@ -72,7 +72,7 @@ class BrokerConfig:
 @dataclass(frozen=True, slots=True)
 class IngestConfig:
     #: A batch is committed when it holds this many records …
-    batch_records: int = 500
+    batch_records: int = 2000
     #: … or this long after its first message arrived.
     batch_ms: int = 200
     #: Create a patient and gateway for an unknown gateway id (demo only).
@@ -265,7 +265,7 @@ def _broker(t: _Table, base: Path, check_files: bool) -> BrokerConfig:
 
 def _ingest(t: _Table) -> IngestConfig:
     ingest = IngestConfig(
-        batch_records=t.integer("batch_records", 500, minimum=1, maximum=100_000),
+        batch_records=t.integer("batch_records", 2000, minimum=1, maximum=100_000),
         batch_ms=t.integer("batch_ms", 200, minimum=1, maximum=60_000),
         auto_provision=t.boolean("auto_provision", False),
         max_payload_bytes=t.integer("max_payload_bytes", MAX_PAYLOAD_BYTES, minimum=1024,
