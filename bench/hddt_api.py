@@ -64,9 +64,17 @@ METER = DeviceInfo(device_id="bench-meter", kind=DeviceKind.BLOOD_GLUCOSE_METER,
 
 # --- the server process ----------------------------------------------------------------------
 
-def serve(url: str, port: int, base: str, *, cold: bool = False) -> None:
-    """uvicorn with the FHIR app at /fhir and the baseline at /baseline; ``cold`` switches
-    the chunk cache off (every search reads and builds its chunks)."""
+#: Server variants: the default settings; the response cache off; both caches off.
+MODES = {
+    "cached": {},
+    "no-response-cache": {"response_cache_bytes": 0},
+    "no-cache": {"response_cache_bytes": 0, "cell_cache": False},
+}
+
+
+def serve(url: str, port: int, base: str, *, mode: str = "cached") -> None:
+    """uvicorn with the FHIR app at /fhir and the baseline at /baseline, in one of
+    :data:`MODES`."""
     import uvicorn  # noqa: PLC0415
     from fastapi import FastAPI  # noqa: PLC0415
 
@@ -88,7 +96,8 @@ def serve(url: str, port: int, base: str, *, cold: bool = False) -> None:
                             observation_scope(MIV_CONTINUOUS_GLUCOSE),
                             observation_scope(MIV_BLOOD_GLUCOSE), SCOPE_DEVICE,
                             SCOPE_DEVICE_METRIC}))
-    fhir = create_fhir_app(store, HddtSettings(rate_limit_per_minute=None, cell_cache=not cold),
+    settings: dict[str, Any] = {"rate_limit_per_minute": None, **MODES[mode]}
+    fhir = create_fhir_app(store, HddtSettings(**settings),
                            StaticAccessResolver({TOKEN: grant}), base_url=base + "/fhir")
     app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
     body = {"data": b""}
@@ -232,14 +241,26 @@ def _wait_port(port: int, timeout: float = 30.0) -> None:
     raise RuntimeError(f"the server did not listen on port {port}")
 
 
-def _start(url: str, *, cold: bool) -> tuple[subprocess.Popen[bytes], int]:
+def _start(url: str, *, mode: str) -> tuple[subprocess.Popen[bytes], int]:
     """The server process on a free port, listening."""
     port = _free_port()
     server = subprocess.Popen(
         [sys.executable, __file__, "--serve", url, str(port), f"http://127.0.0.1:{port}",
-         "cold" if cold else "warm"], env=os.environ | {"PYTHONPATH": str(ROOT)})
+         mode], env=os.environ | {"PYTHONPATH": str(ROOT)})
     _wait_port(port)
     return server, port
+
+
+def _run_server(url: str, mode: str, search: str, args: argparse.Namespace
+                ) -> dict[str, Any]:
+    """Load on a server of its own in ``mode``."""
+    server, port = _start(url, mode=mode)
+    try:
+        return asyncio.run(_load(port, search, concurrency=args.concurrency,
+                                 seconds=args.seconds))
+    finally:
+        server.terminate()
+        server.wait(10)
 
 
 def z(value: dt.datetime) -> str:
@@ -279,7 +300,7 @@ async def holdup(store: Store, port: int, now: dt.datetime) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--serve", nargs=4, metavar=("URL", "PORT", "BASE", "COLD"),
+    parser.add_argument("--serve", nargs=4, metavar=("URL", "PORT", "BASE", "MODE"),
                         help=argparse.SUPPRESS)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=10.0)
@@ -287,8 +308,8 @@ def main() -> None:
     parser.add_argument("--interval", type=int, default=5, help="CGM sample interval, minutes")
     args = parser.parse_args()
     if args.serve:
-        url, port, base, cold = args.serve
-        serve(url, int(port), base, cold=cold == "cold")
+        url, port, base, mode = args.serve
+        serve(url, int(port), base, mode=mode)
         return
     if not postgres_available():
         sys.exit("PostgreSQL server binaries are needed (initdb, pg_ctl)")
@@ -303,7 +324,7 @@ def main() -> None:
             n = fill(store, now, args.days, args.interval)
             print(f"stored {n} CGM readings ({args.days} days every {args.interval} min) in "
                   f"{time.perf_counter() - t0:.1f} s", flush=True)
-            server, port = _start(url, cold=False)
+            server, port = _start(url, mode="cached")
             day_end = now.replace(minute=0, second=0, microsecond=0)
             day_start = day_end - dt.timedelta(days=1)
             search = (f"/fhir/Observation?code=99504-3&date=ge{quote(z(day_start))}"
@@ -329,18 +350,17 @@ def main() -> None:
             print(f"baseline (same body precomputed): {base_run['requests_per_s']:,.0f} "
                   f"requests/s, p50 {base_run['p50_ms']:.1f} ms, p99 "
                   f"{base_run['p99_ms']:.1f} ms", flush=True)
-            cold_server, cold_port = _start(url, cold=True)
-            try:
-                cold = asyncio.run(_load(cold_port, search, concurrency=args.concurrency,
-                                         seconds=args.seconds))
-            finally:
-                cold_server.terminate()
-                cold_server.wait(10)
-            print(f"same search, chunk cache off (every request reads and builds its 24 "
+            off = _run_server(url, "no-response-cache", search, args)
+            print(f"same search, response cache off (chunks kept, Bundle built and encoded "
+                  f"per request): {off['requests_per_s']:,.0f} requests/s, p50 "
+                  f"{off['p50_ms']:.1f} ms, p99 {off['p99_ms']:.1f} ms", flush=True)
+            cold = _run_server(url, "no-cache", search, args)
+            print(f"same search, both caches off (every request reads and builds its 24 "
                   f"chunks): {cold['requests_per_s']:,.0f} requests/s, p50 "
                   f"{cold['p50_ms']:.1f} ms, p99 {cold['p99_ms']:.1f} ms", flush=True)
             ratio = fhir["requests_per_s"] / base_run["requests_per_s"]
-            print(f"ratio to baseline: {ratio:.2f}", flush=True)
+            print(f"ratio to baseline: {ratio:.2f} (response cache off: "
+                  f"{off['requests_per_s'] / base_run['requests_per_s']:.2f})", flush=True)
             hold = asyncio.run(holdup(store, port, now))
             print(f"vendor holdup (ingest commit -> visible): blood glucose "
                   f"{1000 * hold['bg_s']:.1f} ms (limit 60 s), CGM {1000 * hold['cgm_s']:.1f} ms "
@@ -357,7 +377,12 @@ def main() -> None:
         "baseline_requests_per_s": round(base_run["requests_per_s"], 1),
         "baseline_p50_ms": round(base_run["p50_ms"], 2),
         "baseline_p99_ms": round(base_run["p99_ms"], 2),
-        "ratio_to_baseline": round(ratio, 3), "concurrency": args.concurrency,
+        "ratio_vs_baseline": round(ratio, 3), "concurrency": args.concurrency,
+        "cache_off_search_requests_per_s": round(off["requests_per_s"], 1),
+        "cache_off_search_p50_ms": round(off["p50_ms"], 2),
+        "cache_off_search_p99_ms": round(off["p99_ms"], 2),
+        "cache_off_ratio_vs_baseline": round(off["requests_per_s"]
+                                             / base_run["requests_per_s"], 3),
         "search_no_chunk_cache_requests_per_s": round(cold["requests_per_s"], 1),
         "search_no_chunk_cache_p50_ms": round(cold["p50_ms"], 2),
         "search_no_chunk_cache_p99_ms": round(cold["p99_ms"], 2),

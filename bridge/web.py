@@ -86,9 +86,9 @@ def create_app(store: Store, settings: AuthSettings, *, hddt_settings: Any | Non
         if hddt_settings is None:
             hddt_settings = importlib.import_module("bridge.hddt.settings").HddtSettings()
         fhir = create_fhir_app(store, hddt_settings, resolver, base_url=settings.audience)
-        audit_log = getattr(getattr(fhir.state, "hddt", None), "audit", None)
-        if audit_log is not None:
-            closers.append(audit_log.close)
+        fhir_state = getattr(fhir.state, "hddt", None)
+        if fhir_state is not None:  # the audit queue and the read connections
+            closers.append(fhir_state.close)
         app.mount("/fhir", fhir)
     create_dashboard_app = _optional("bridge.dashboard.app", "create_dashboard_app")
     if dashboard and create_dashboard_app is not None:

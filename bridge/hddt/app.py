@@ -10,12 +10,13 @@ entry. Only GET reads and searches exist, plus ``POST _search`` and
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import logging
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import anyio.to_thread
@@ -32,12 +33,19 @@ from bridge.hddt.capability import capability_statement
 from bridge.hddt.formats import Format
 from bridge.hddt.outcome import FhirError
 from bridge.hddt.ratelimit import RateLimiter
+from bridge.hddt.response_cache import ObservationAnswers
 from bridge.hddt.service import Clock, FhirService, _utc_now
 from bridge.hddt.settings import HddtSettings
 
 log = logging.getLogger(__name__)
 
 Work = Callable[[AccessGrant], dict[str, Any]]
+
+
+class EncodedWork(Protocol):
+    """Work that answers an encoded body itself, in the negotiated format."""
+
+    def __call__(self, grant: AccessGrant, *, fmt: Format, pretty: bool) -> bytes: ...
 
 
 class _Outcome(Exception):
@@ -68,6 +76,7 @@ class FhirApp:
         self.access = access
         self.service = FhirService(store, settings, base_url=base_url, clock=clock)
         self.limiter = RateLimiter(settings)
+        self.answers = ObservationAnswers(self.service, settings)
         # Few worker threads: the work is mostly Python, and many threads only contend for
         # the GIL (measured by bench/hddt_api.py).
         self._threads = (anyio.CapacityLimiter(settings.worker_threads)
@@ -79,13 +88,16 @@ class FhirApp:
 
     async def handle(self, request: Request, interaction: str, work: Work | None, *,
                      data_request: bool = False, public: Callable[[], dict[str, Any]] | None
-                     = None) -> Response:
+                     = None, encoded: EncodedWork | None = None) -> Response:
+        """Answer ``request``: ``work`` builds the resource from the caller's grant
+        (``encoded`` instead answers the body itself), ``public`` needs no grant."""
         started = time.perf_counter()
         grant: AccessGrant | None = None
         fmt = Format.JSON
         pretty = request.query_params.get("_pretty") == "true"
         headers: dict[str, str] = {}
         error: tuple[str, str] | None = None
+        ready: bytes | None = None
         try:
             try:
                 fmt = formats.negotiate(request.query_params.get("_format"),
@@ -93,17 +105,26 @@ class FhirApp:
                 if public is not None:
                     resource = public()
                 else:
-                    assert work is not None
+                    job: Callable[[AccessGrant], dict[str, Any] | bytes]
+                    if encoded is not None:
+                        job = functools.partial(encoded, fmt=fmt, pretty=pretty)
+                    else:
+                        assert work is not None
+                        job = work
                     grant = await self.access.resolve(request)
                     self.limiter.check(grant.pairing_id, data_request=data_request)
                     try:
-                        resource = await self._run(work, grant)
+                        answer = await self._run(job, grant)
                     except sa.exc.DBAPIError as exc:
                         if not exc.connection_invalidated:
                             raise
                         # The database restarted under a pooled connection; the pool is
                         # renewed and the read, idempotent, runs once more.
-                        resource = await self._run(work, grant)
+                        answer = await self._run(job, grant)
+                    if isinstance(answer, bytes):
+                        ready, resource = answer, {}
+                    else:
+                        resource = answer
                 status = 200
             except AccessDenied as exc:
                 raise _Outcome(exc.status, {"error": exc.error,
@@ -122,7 +143,8 @@ class FhirApp:
                                                  "the request was logged")
                 status, resource = 500, failure.outcome()
                 error = (failure.code, failure.diagnostics)
-            body = formats.serialize(resource, fmt, pretty=pretty)
+            body = (ready if ready is not None and status == 200
+                    else formats.serialize(resource, fmt, pretty=pretty))
             media = fmt.media_type
         except _Outcome as out:
             status, headers = out.status, out.headers
@@ -142,7 +164,8 @@ class FhirApp:
         return Response(body, status_code=status, headers=headers,
                         media_type=f"{media}; charset=utf-8")
 
-    async def _run(self, work: Work, grant: AccessGrant) -> dict[str, Any]:
+    async def _run(self, work: Callable[[AccessGrant], dict[str, Any] | bytes],
+                   grant: AccessGrant) -> dict[str, Any] | bytes:
         if self._threads is None:
             return work(grant)
         return await anyio.to_thread.run_sync(work, grant, limiter=self._threads)
@@ -215,8 +238,10 @@ def create_fhir_app(store: Store, settings: HddtSettings, access: AccessResolver
         except FhirError as exc:
             return await fhir.handle(request, "search-observation", _raise(exc))
         return await fhir.handle(
-            request, "search-observation",
-            lambda g: fhir.service.search_observations(g, s, items), data_request=True)
+            request, "search-observation", None, data_request=True,
+            encoded=lambda g, *, fmt, pretty: fhir.answers.search(
+                g, s, items, variant=(fmt, pretty),
+                encode=lambda bundle: formats.serialize(bundle, fmt, pretty=pretty)))
 
     app.add_api_route("/Observation", observation_search, methods=["GET"])
     app.add_api_route("/Observation/_search", observation_search, methods=["POST"])

@@ -13,10 +13,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from bridge.backend.store import cgm_readings, devices, glucose_readings, insulin_events
+from bridge.backend.store import glucose_readings
 from bridge.records import CODINGS, RecordKind
 
 CGM_LOINC = CODINGS[RecordKind.CGM_GLUCOSE].loinc
@@ -50,29 +49,97 @@ class DeviceRow:
 
 def patient_devices(conn: Connection, patient_id: str) -> list[DeviceRow]:
     """Every device of the patient, oldest first."""
-    def agg(fn: Any, table: sa.Table) -> Any:
-        return (sa.select(fn(table.c.time)).where(table.c.device_id == devices.c.id)
-                .scalar_subquery())
+    return search_fingerprint(conn, patient_id, (), _EPOCH, _EPOCH).devices
 
-    q = (sa.select(devices.c.id, devices.c.kind, devices.c.manufacturer, devices.c.model,
-                   devices.c.serial_number, devices.c.calibration_state,
-                   devices.c.last_contact, devices.c.first_seen,
-                   agg(sa.func.min, cgm_readings).label("first_cgm"),
-                   agg(sa.func.max, cgm_readings).label("last_cgm"),
-                   agg(sa.func.min, glucose_readings).label("first_bg"),
-                   agg(sa.func.max, glucose_readings).label("last_bg"),
-                   agg(sa.func.max, insulin_events).label("last_insulin"))
-         .where(devices.c.patient_id == patient_id).order_by(devices.c.first_seen, devices.c.id))
-    out = []
-    for r in conn.execute(q):
-        out.append(DeviceRow(
-            id=r.id, key=fhir_device_key(r.id), kind=r.kind, manufacturer=r.manufacturer,
-            model=r.model, serial_number=r.serial_number,
-            calibration_state=r.calibration_state, last_contact=r.last_contact,
-            first_seen=r.first_seen, first_cgm=_utc(r.first_cgm), last_cgm=_utc(r.last_cgm),
-            first_bg=_utc(r.first_bg), last_bg=_utc(r.last_bg),
-            last_insulin=_utc(r.last_insulin)))
-    return out
+
+#: Reading tables a search fingerprint can cover, with the condition that keeps a table's
+#: rows to those the searches read.
+FINGERPRINT_TABLES: dict[str, str] = {
+    "cgm_readings": " AND loinc = {loinc}", "glucose_readings": "", "insulin_events": ""}
+
+def _edge(table: str, order: str, dialect: str) -> str:
+    """The first (``ASC``) or newest (``DESC``) reading time of device ``d.id``."""
+    if dialect != "postgresql":
+        return (f"(SELECT time FROM {table} x WHERE x.device_id = d.id "
+                f"ORDER BY x.time {order} LIMIT 1)")
+    # A row comparison only the (device_id, time) index can serve: with the plain equality
+    # PostgreSQL may walk the time index instead and filter by device, through the whole
+    # table for a device without rows there (few distinct devices in the statistics).
+    op, bound = (">=", "-infinity") if order == "ASC" else ("<=", "infinity")
+    return (f"(SELECT CASE WHEN y.device_id = d.id THEN y.time END FROM (SELECT device_id, "
+            f"time FROM {table} x WHERE (x.device_id, x.time) {op} (d.id, "
+            f"'{bound}'::timestamptz) ORDER BY x.device_id {order}, x.time {order} LIMIT 1) y)")
+
+
+def _devices_sql(dialect: str) -> str:
+    return (
+        "SELECT d.id, d.kind, d.manufacturer, d.model, d.serial_number, "
+        "d.calibration_state, d.last_contact, d.first_seen, "
+        f"{_edge('cgm_readings', 'ASC', dialect)}, {_edge('cgm_readings', 'DESC', dialect)}, "
+        f"{_edge('glucose_readings', 'ASC', dialect)}, "
+        f"{_edge('glucose_readings', 'DESC', dialect)}, "
+        f"{_edge('insulin_events', 'DESC', dialect)}{{ranges}} "
+        "FROM devices d WHERE d.patient_id = {patient} ORDER BY d.first_seen, d.id")
+
+
+_DEVICES_SQL = {dialect: _devices_sql(dialect) for dialect in ("postgresql", "sqlite")}
+_RANGE_SQL = {
+    "postgresql": (", (SELECT count(*) || '/' || coalesce(max(inserted_at)::text, '') "
+                   "FROM {table} WHERE patient_id = %(patient)s{cond} AND time >= %(start)s "
+                   "AND time < %(end)s)"),
+    "sqlite": (", (SELECT count(*) || '/' || ifnull(max(inserted_at), '') FROM {table} "
+               "WHERE patient_id = ?{cond} AND time >= ? AND time < ?)"),
+}
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Fingerprint:
+    """What a search answer depends on in the store: the patient's devices with the times
+    of their first and newest readings, and per reading table the number of the patient's
+    rows in the searched time range with their newest ``inserted_at`` (rows are only ever
+    inserted, so a new row changes one of the two)."""
+
+    devices: list[DeviceRow]
+    ranges: tuple[str, ...]
+
+    def key(self) -> tuple[Any, ...]:
+        return (*self.devices, *self.ranges)
+
+
+def search_fingerprint(conn: Connection, patient_id: str, tables: Sequence[str],
+                       start: dt.datetime, end: dt.datetime) -> Fingerprint:
+    """One query: the patient's devices (as :func:`patient_devices`) and the row count and
+    newest insertion of the patient's rows of each of ``tables`` with ``start <= time <
+    end`` (driver SQL: it runs for every search)."""
+    dialect = conn.dialect.name
+    ranges = "".join(_RANGE_SQL["postgresql" if dialect == "postgresql" else "sqlite"].format(
+        table=table, cond=FINGERPRINT_TABLES[table].format(
+            loinc="%(loinc)s" if dialect == "postgresql" else "?"))
+        for table in tables)
+    start, end = start.astimezone(dt.UTC), end.astimezone(dt.UTC)
+    if dialect == "postgresql":
+        result = conn.exec_driver_sql(_DEVICES_SQL[dialect].format(
+            ranges=ranges, patient="%(patient)s"), {
+            "patient": patient_id, "loinc": CGM_LOINC, "start": start, "end": end})
+    else:  # the store keeps naive UTC text on SQLite
+        fmt = "%Y-%m-%d %H:%M:%S.%f"
+        params: list[Any] = []
+        for table in tables:
+            params += [patient_id, *([CGM_LOINC] if FINGERPRINT_TABLES[table] else []),
+                       start.strftime(fmt), end.strftime(fmt)]
+        result = conn.exec_driver_sql(_DEVICES_SQL["sqlite"].format(ranges=ranges, patient="?"),
+                                      (*params, patient_id))
+    rows = result.all()
+    devices_out = [DeviceRow(
+        id=r[0], key=fhir_device_key(r[0]), kind=r[1], manufacturer=r[2], model=r[3],
+        serial_number=r[4], calibration_state=r[5], last_contact=_utc(r[6]),
+        first_seen=_utc(r[7]) or _EPOCH, first_cgm=_utc(r[8]), last_cgm=_utc(r[9]),
+        first_bg=_utc(r[10]), last_bg=_utc(r[11]), last_insulin=_utc(r[12]))
+        for r in rows]
+    width = len(tables)
+    return Fingerprint(devices_out, tuple(str(v) for v in rows[0][13:13 + width])
+                       if rows else ("",) * width)
 
 
 def _utc(value: Any) -> dt.datetime | None:

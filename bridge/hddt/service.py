@@ -49,6 +49,7 @@ from bridge.records import mmol_l_to_mg_dl
 
 Key = tuple[str, int, str]
 _MIN = dt.datetime.min.replace(tzinfo=dt.UTC)
+_MAX = dt.datetime.max.replace(tzinfo=dt.UTC)
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 Clock = Callable[[], dt.datetime]
 
@@ -70,6 +71,19 @@ class _Context:
 
     def __post_init__(self) -> None:
         self.by_key = {d.key: d for d in self.devices}
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """The sources an Observation search reads (None: no ``_id`` restriction)."""
+
+    issues: list[dict[str, Any]]
+    bg_types: list[str]
+    cgm_on: bool
+    insulin_codes: set[tuple[str, str]]
+    bg_ids: set[int] | None
+    cgm_ids: set[str] | None
+    insulin_ids: set[int] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,8 +115,11 @@ class FhirService:
                 store.engine.url, isolation_level="AUTOCOMMIT",
                 pool_size=settings.worker_threads + 1, max_overflow=4)
 
-    def _read(self) -> contextlib.AbstractContextManager[Connection]:
+    def read_connection(self) -> contextlib.AbstractContextManager[Connection]:
         """A connection for one interaction's reads."""
+        return self._read()
+
+    def _read(self) -> contextlib.AbstractContextManager[Connection]:
         if self._read_engine is None:
             return self.store.read()
         return self._read_engine.connect()
@@ -113,11 +130,15 @@ class FhirService:
 
     # --- context -------------------------------------------------------------------------
 
-    def _context(self, conn: Connection, grant: AccessGrant) -> _Context:
-        now = self.clock()
+    def _context(self, conn: Connection, grant: AccessGrant, *,
+                 devices: list[DeviceRow] | None = None,
+                 now: dt.datetime | None = None) -> _Context:
+        now = self.clock() if now is None else now
         ttl = self.settings.context_cache_s
         patient = grant.patient_id
-        if ttl > 0:
+        if devices is not None:  # just read by the caller
+            devs, lines = devices, observations.timelines(devices)
+        elif ttl > 0:
             at = time.monotonic()
             with self._cache_lock:
                 cached = self._devices_cache.get(patient)
@@ -149,9 +170,8 @@ class FhirService:
 
     # --- Observation search ----------------------------------------------------------------
 
-    def search_observations(self, grant: AccessGrant, s: search.ObservationSearch,
-                            query: Sequence[tuple[str, str]]) -> dict[str, Any]:
-        """The searchset Bundle of an Observation search."""
+    def _plan(self, grant: AccessGrant, s: search.ObservationSearch) -> _Plan:
+        """Which sources (and codes) a search reads, and the warnings of its codes."""
         issues: list[dict[str, Any]] = []
         vs = grant.value_sets
         universe: set[tuple[str, str]] = set()
@@ -182,32 +202,73 @@ class FhirService:
             bg_types = []
         if cgm_ids is not None and not cgm_ids:
             cgm_on = False
+        return _Plan(issues, bg_types, cgm_on, insulin_codes, bg_ids, cgm_ids, insulin_ids)
+
+    def search_fingerprint(self, conn: Connection, grant: AccessGrant,
+                           s: search.ObservationSearch) -> data.Fingerprint:
+        """What the answer of an Observation search depends on in the store, in one query:
+        the patient's devices (with their first and newest readings) and, per source the
+        search reads, the patient's rows in the searched time range widened by a chunk
+        span (a chunk reaching into the range may start or end outside it)."""
+        plan = self._plan(grant, s)
+        tables = [name for name, on in (("cgm_readings", plan.cgm_on),
+                                        ("glucose_readings", bool(plan.bg_types)),
+                                        ("insulin_events", bool(plan.insulin_codes))) if on]
+        span = self.settings.cgm_chunk_span
+        lo, hi = search.date_window(s.dates)
+        if any(p.prefix == "ap" for group in s.dates for p in group):
+            lo, hi = _MIN, _MAX  # "ap" widens with the distance from now
+        cutoff = self.clock() - self.settings.historic_period
+        start = max(_shift(lo, -span), cutoff - span)
+        return data.search_fingerprint(conn, grant.patient_id, tables, start,
+                                       max(_shift(hi, span), start))
+
+    def search_observations(self, grant: AccessGrant, s: search.ObservationSearch,
+                            query: Sequence[tuple[str, str]], *,
+                            conn: Connection | None = None,
+                            devices: list[DeviceRow] | None = None,
+                            now: dt.datetime | None = None) -> dict[str, Any]:
+        """The searchset Bundle of an Observation search (on ``conn`` when given; from
+        ``devices`` when the caller just read them)."""
+        if conn is None:
+            with self._read() as own:
+                return self._search_observations(own, grant, s, query, devices=devices,
+                                                 now=now)
+        return self._search_observations(conn, grant, s, query, devices=devices, now=now)
+
+    def _search_observations(self, conn: Connection, grant: AccessGrant,
+                             s: search.ObservationSearch, query: Sequence[tuple[str, str]],
+                             *, devices: list[DeviceRow] | None,
+                             now: dt.datetime | None) -> dict[str, Any]:
+        plan = self._plan(grant, s)
+        issues = plan.issues
+        bg_types, cgm_on, insulin_codes = plan.bg_types, plan.cgm_on, plan.insulin_codes
+        bg_ids, cgm_ids, insulin_ids = plan.bg_ids, plan.cgm_ids, plan.insulin_ids
         count = s.paging.count
         cursor = s.paging.cursor
         forward = cursor is None or cursor.forward
         # Fetch order: the sort order going forward, the reverse going back.
         fetch_desc = s.descending == forward
-        with self._read() as conn:
-            ctx = self._context(conn, grant)
-            lo, _hi = search.date_window(s.dates)
-            if s.dates and lo < ctx.cutoff:
-                issues.append(outcome.HISTORIC_RANGE_WARNING)
-            hits: list[_Hit] = []
-            if bg_types and count:
-                hits += self._bg_hits(conn, ctx, s, sample_types=bg_types, ids=bg_ids,
-                                      desc=fetch_desc, cursor=cursor, limit=count + 1)
-            if cgm_on and count:
-                hits += self._cgm_hits(conn, ctx, s, ids=cgm_ids, desc=fetch_desc,
-                                       cursor=cursor, limit=count + 1)
-            if insulin_codes and count:
-                hits += self._insulin_hits(conn, ctx, s, codes=insulin_codes, ids=insulin_ids,
-                                           desc=fetch_desc, cursor=cursor, limit=count + 1)
-            hits.sort(key=lambda h: h.key, reverse=fetch_desc)
-            more = len(hits) > count
-            page = hits[:count]
-            if not forward:
-                page.reverse()
-            included = self._includes(conn, ctx, [h.resource for h in page], s)
+        ctx = self._context(conn, grant, devices=devices, now=now)
+        lo, _hi = search.date_window(s.dates)
+        if s.dates and lo < ctx.cutoff:
+            issues.append(outcome.HISTORIC_RANGE_WARNING)
+        hits: list[_Hit] = []
+        if bg_types and count:
+            hits += self._bg_hits(conn, ctx, s, sample_types=bg_types, ids=bg_ids,
+                                  desc=fetch_desc, cursor=cursor, limit=count + 1)
+        if cgm_on and count:
+            hits += self._cgm_hits(conn, ctx, s, ids=cgm_ids, desc=fetch_desc,
+                                   cursor=cursor, limit=count + 1)
+        if insulin_codes and count:
+            hits += self._insulin_hits(conn, ctx, s, codes=insulin_codes, ids=insulin_ids,
+                                       desc=fetch_desc, cursor=cursor, limit=count + 1)
+        hits.sort(key=lambda h: h.key, reverse=fetch_desc)
+        more = len(hits) > count
+        page = hits[:count]
+        if not forward:
+            page.reverse()
+        included = self._includes(conn, ctx, [h.resource for h in page], s)
         links = [("self", self._url("Observation", query, None))]
         if page:
             if (forward and more) or not forward:

@@ -60,6 +60,14 @@ class HddtSettings:
     context_cache_s: float = 1.0
     #: Keep built CGM chunks per cell fingerprint (off: every search builds its chunks).
     cell_cache: bool = True
+    #: Observation search answers kept, as encoded bodies, per patient, granted scopes,
+    #: query and format: at most this many bytes in all (least recently used go first;
+    #: 0 switches the response cache off). Each use is checked by one fingerprint query.
+    response_cache_bytes: int = 32 * 1024 * 1024
+    #: Longest time (seconds, by the server's clock) a kept answer is served: bounds what
+    #: changes with time alone (a device turning ``unknown``, data leaving the historic
+    #: period, a new pending chunk), as data changes are caught by the fingerprint.
+    response_cache_max_age_s: float = 1.0
     #: Threads that run the interactions (database and resource building) concurrently;
     #: 0 runs them on the event loop itself.
     worker_threads: int = 4
@@ -83,6 +91,9 @@ class HddtSettings:
                                 f"{self.expired_read_status}")
         if not 1 <= self.page_size_default <= self.page_size_max:
             raise SettingsError("page sizes need 1 <= default <= max")
+        if self.response_cache_bytes < 0 or self.response_cache_max_age_s < 0:
+            raise SettingsError("the response cache needs response_cache_bytes >= 0 and "
+                                "response_cache_max_age_s >= 0")
         if self.worker_threads < 0:
             raise SettingsError(f"worker_threads must be >= 0, got {self.worker_threads}")
         if self.rate_limit_per_minute is not None and (
