@@ -79,14 +79,28 @@ def test_restart_on_the_same_state_folder_resumes_without_loss_or_duplicates(
 
 
 def test_a_state_folder_refuses_other_settings(tmp_path: Path) -> None:
+    import datetime as dt
+
+    from bridge.demo import DemoOptions, load_or_create_state
+
     state = tmp_path / "state"
-    assert _demo(state, "--exit-when-ready").returncode == 0
+    state.mkdir()
+    _, resumed = load_or_create_state(DemoOptions(state_dir=state, history_days=1),
+                                      dt.datetime.now(dt.UTC))
+    assert not resumed
     other = subprocess.run(
         [sys.executable, "-m", "bridge", "demo", "--state-dir", str(state), "--history-days",
          "5", "--port", "0", "--http-port", "0", "--exit-when-ready"],
         cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
     assert other.returncode == 2
     assert "created with --history-days 1, not 5" in other.stderr
+    (state / "demo.json").write_text("{not json")
+    broken = subprocess.run(
+        [sys.executable, "-m", "bridge", "demo", "--state-dir", str(state), "--port", "0",
+         "--http-port", "0", "--exit-when-ready"],
+        cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+    assert broken.returncode == 2
+    assert "demo.json: cannot read" in broken.stderr
 
 
 def test_real_ble_devices_get_their_own_gateway_on_the_bleak_backend(tmp_path: Path) -> None:
