@@ -47,16 +47,6 @@ class DeviceRow:
     last_insulin: dt.datetime | None = None
 
 
-def patient_devices(conn: Connection, patient_id: str) -> list[DeviceRow]:
-    """Every device of the patient, oldest first."""
-    return search_fingerprint(conn, patient_id, (), _EPOCH, _EPOCH).devices
-
-
-#: Reading tables a search fingerprint can cover, with the condition that keeps a table's
-#: rows to those the searches read.
-FINGERPRINT_TABLES: dict[str, str] = {
-    "cgm_readings": " AND loinc = {loinc}", "glucose_readings": "", "insulin_events": ""}
-
 def _edge(table: str, order: str, dialect: str) -> str:
     """The first (``ASC``) or newest (``DESC``) reading time of device ``d.id``."""
     if dialect != "postgresql":
@@ -71,75 +61,100 @@ def _edge(table: str, order: str, dialect: str) -> str:
             f"'{bound}'::timestamptz) ORDER BY x.device_id {order}, x.time {order} LIMIT 1) y)")
 
 
-def _devices_sql(dialect: str) -> str:
+def _device_columns(dialect: str) -> str:
     return (
-        "SELECT d.id, d.kind, d.manufacturer, d.model, d.serial_number, "
-        "d.calibration_state, d.last_contact, d.first_seen, "
+        "d.id, d.kind, d.manufacturer, d.model, d.serial_number, d.calibration_state, "
+        "d.last_contact, d.first_seen, "
         f"{_edge('cgm_readings', 'ASC', dialect)}, {_edge('cgm_readings', 'DESC', dialect)}, "
         f"{_edge('glucose_readings', 'ASC', dialect)}, "
         f"{_edge('glucose_readings', 'DESC', dialect)}, "
-        f"{_edge('insulin_events', 'DESC', dialect)}{{ranges}} "
-        "FROM devices d WHERE d.patient_id = {patient} ORDER BY d.first_seen, d.id")
+        f"{_edge('insulin_events', 'DESC', dialect)}")
 
 
-_DEVICES_SQL = {dialect: _devices_sql(dialect) for dialect in ("postgresql", "sqlite")}
-_RANGE_SQL = {
-    "postgresql": (", (SELECT count(*) || '/' || coalesce(max(inserted_at)::text, '') "
-                   "FROM {table} WHERE patient_id = %(patient)s{cond} AND time >= %(start)s "
-                   "AND time < %(end)s)"),
-    "sqlite": (", (SELECT count(*) || '/' || ifnull(max(inserted_at), '') FROM {table} "
-               "WHERE patient_id = ?{cond} AND time >= ? AND time < ?)"),
+_DEVICES_SQL = {
+    "postgresql": (f"SELECT {_device_columns('postgresql')} FROM devices d WHERE "
+                   "d.patient_id = %(patient)s ORDER BY d.first_seen, d.id"),
+    "sqlite": (f"SELECT {_device_columns('sqlite')} FROM devices d WHERE d.patient_id = ? "
+               "ORDER BY d.first_seen, d.id"),
 }
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
-@dataclass(frozen=True, slots=True)
-class Fingerprint:
-    """What a search answer depends on in the store: the patient's devices with the times
-    of their first and newest readings, and per reading table the number of the patient's
-    rows in the searched time range with their newest ``inserted_at`` (rows are only ever
-    inserted, so a new row changes one of the two)."""
-
-    devices: list[DeviceRow]
-    ranges: tuple[str, ...]
-
-    def key(self) -> tuple[Any, ...]:
-        return (*self.devices, *self.ranges)
-
-
-def search_fingerprint(conn: Connection, patient_id: str, tables: Sequence[str],
-                       start: dt.datetime, end: dt.datetime) -> Fingerprint:
-    """One query: the patient's devices (as :func:`patient_devices`) and the row count and
-    newest insertion of the patient's rows of each of ``tables`` with ``start <= time <
-    end`` (driver SQL: it runs for every search)."""
-    dialect = conn.dialect.name
-    ranges = "".join(_RANGE_SQL["postgresql" if dialect == "postgresql" else "sqlite"].format(
-        table=table, cond=FINGERPRINT_TABLES[table].format(
-            loinc="%(loinc)s" if dialect == "postgresql" else "?"))
-        for table in tables)
-    start, end = start.astimezone(dt.UTC), end.astimezone(dt.UTC)
-    if dialect == "postgresql":
-        result = conn.exec_driver_sql(_DEVICES_SQL[dialect].format(
-            ranges=ranges, patient="%(patient)s"), {
-            "patient": patient_id, "loinc": CGM_LOINC, "start": start, "end": end})
-    else:  # the store keeps naive UTC text on SQLite
-        fmt = "%Y-%m-%d %H:%M:%S.%f"
-        params: list[Any] = []
-        for table in tables:
-            params += [patient_id, *([CGM_LOINC] if FINGERPRINT_TABLES[table] else []),
-                       start.strftime(fmt), end.strftime(fmt)]
-        result = conn.exec_driver_sql(_DEVICES_SQL["sqlite"].format(ranges=ranges, patient="?"),
-                                      (*params, patient_id))
-    rows = result.all()
-    devices_out = [DeviceRow(
+def patient_devices(conn: Connection, patient_id: str) -> list[DeviceRow]:
+    """Every device of the patient, oldest first, with the times of its first and newest
+    readings (index lookups on ``(device_id, time)``)."""
+    dialect = "postgresql" if conn.dialect.name == "postgresql" else "sqlite"
+    rows = _fetch(conn, _DEVICES_SQL[dialect],
+                  {"patient": patient_id} if dialect == "postgresql" else (patient_id,))
+    return [DeviceRow(
         id=r[0], key=fhir_device_key(r[0]), kind=r[1], manufacturer=r[2], model=r[3],
         serial_number=r[4], calibration_state=r[5], last_contact=_utc(r[6]),
         first_seen=_utc(r[7]) or _EPOCH, first_cgm=_utc(r[8]), last_cgm=_utc(r[9]),
-        first_bg=_utc(r[10]), last_bg=_utc(r[11]), last_insulin=_utc(r[12]))
-        for r in rows]
-    width = len(tables)
-    return Fingerprint(devices_out, tuple(str(v) for v in rows[0][13:13 + width])
-                       if rows else ("",) * width)
+        first_bg=_utc(r[10]), last_bg=_utc(r[11]), last_insulin=_utc(r[12])) for r in rows]
+
+
+def _fetch(conn: Connection, sql: str, params: Any) -> list[tuple[Any, ...]]:
+    # The DB-API cursor itself: SQLAlchemy's result set-up costs more than these queries.
+    cursor = conn.connection.cursor()
+    try:
+        cursor.execute(sql, params)
+        return list(cursor.fetchall())
+    except conn.dialect.loaded_dbapi.Error:
+        # Once more through SQLAlchemy: it tells a dropped connection (and renews the pool)
+        # and raises its own error, on which the app runs the read again.
+        return [tuple(r) for r in conn.exec_driver_sql(sql, params).all()]
+    finally:
+        cursor.close()
+
+
+#: Reading tables a search fingerprint can cover, with the condition that keeps a table's
+#: rows to those the searches read.
+FINGERPRINT_TABLES: dict[str, str] = {
+    "cgm_readings": " AND loinc = {loinc}", "glucose_readings": "", "insulin_events": ""}
+
+#: Per table: the number of the patient's rows in ``[start, end)`` and their newest insertion.
+_RANGE_SQL = {
+    "postgresql": ("(SELECT json_build_array(count(*), max(inserted_at))::text FROM {table} "
+                   "WHERE patient_id = %(patient)s{cond} AND time >= %(start)s "
+                   "AND time < %(end)s)"),
+    "sqlite": ("(SELECT json_array(count(*), max(inserted_at)) FROM {table} "
+               "WHERE patient_id = ?{cond} AND time >= ? AND time < ?)"),
+}
+#: The device rows with their reading edges as one JSON text (unambiguous, one column).
+_DEVICE_STATE_SQL = {
+    "postgresql": (f"(SELECT json_agg(json_build_array({_device_columns('postgresql')}) "
+                   "ORDER BY d.first_seen, d.id)::text FROM devices d "
+                   "WHERE d.patient_id = %(patient)s)"),
+    "sqlite": (f"(SELECT json_group_array(j) FROM (SELECT json_array("
+               f"{_device_columns('sqlite')}) AS j FROM devices d WHERE d.patient_id = ? "
+               "ORDER BY d.first_seen, d.id))"),
+}
+
+
+def search_fingerprint(conn: Connection, patient_id: str, tables: Sequence[str],
+                       start: dt.datetime, end: dt.datetime) -> tuple[Any, ...]:
+    """What a search answer depends on in the store, in one query of one row: per table of
+    ``tables`` the number of the patient's rows with ``start <= time < end`` and their
+    newest ``inserted_at`` (rows are only ever inserted, so a new row changes one of the
+    two), and the patient's device rows with the times of their first and newest readings
+    (a reading after the range may close a chunk or retire a sensor)."""
+    dialect = "postgresql" if conn.dialect.name == "postgresql" else "sqlite"
+    parts = [_RANGE_SQL[dialect].format(table=table, cond=FINGERPRINT_TABLES[table].format(
+        loinc="%(loinc)s" if dialect == "postgresql" else "?")) for table in tables]
+    sql = "SELECT " + ", ".join([*parts, _DEVICE_STATE_SQL[dialect]])
+    start, end = start.astimezone(dt.UTC), end.astimezone(dt.UTC)
+    params: Any
+    if dialect == "postgresql":
+        params = {"patient": patient_id, "loinc": CGM_LOINC, "start": start, "end": end}
+    else:  # the store keeps naive UTC text on SQLite
+        fmt = "%Y-%m-%d %H:%M:%S.%f"
+        params = []
+        for table in tables:
+            params += [patient_id, *([CGM_LOINC] if FINGERPRINT_TABLES[table] else []),
+                       start.strftime(fmt), end.strftime(fmt)]
+        params.append(patient_id)
+    (row,) = _fetch(conn, sql, params)
+    return tuple(row)
 
 
 def _utc(value: Any) -> dt.datetime | None:

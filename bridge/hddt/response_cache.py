@@ -113,18 +113,17 @@ class ObservationAnswers:
             return encode(self.service.search_observations(grant, s, query))
         key = (grant.patient_id, tuple(sorted(grant.scopes)), tuple(query), variant)
         with self.service.read_connection() as conn:
-            found = self.service.search_fingerprint(conn, grant, s)
-            fingerprint = found.key()
+            fingerprint = self.service.search_fingerprint(conn, grant, s)
             now = self.service.clock()
             kept = cache.get(key)
             if kept is not None and kept.fingerprint == fingerprint and kept.fresh(now):
                 cache.hits += 1
                 return kept.body()
             cache.misses += 1
-            # Built from the devices just read (never from the short-lived device cache),
-            # so the answer is at least as new as its fingerprint.
+            # Read after the fingerprint, with the devices read anew (never from the
+            # short-lived device cache): the answer is at least as new as its fingerprint.
             bundle = self.service.search_observations(grant, s, query, conn=conn,
-                                                      devices=found.devices, now=now)
+                                                      fresh=True, now=now)
         if any(e.get("search", {}).get("mode") == "outcome" for e in bundle.get("entry", ())):
             return encode(bundle)  # warnings carry their own urn:uuid ids: not kept
         fresh_id = bundle["id"]

@@ -130,15 +130,12 @@ class FhirService:
 
     # --- context -------------------------------------------------------------------------
 
-    def _context(self, conn: Connection, grant: AccessGrant, *,
-                 devices: list[DeviceRow] | None = None,
+    def _context(self, conn: Connection, grant: AccessGrant, *, fresh: bool = False,
                  now: dt.datetime | None = None) -> _Context:
         now = self.clock() if now is None else now
-        ttl = self.settings.context_cache_s
+        ttl = 0.0 if fresh else self.settings.context_cache_s
         patient = grant.patient_id
-        if devices is not None:  # just read by the caller
-            devs, lines = devices, observations.timelines(devices)
-        elif ttl > 0:
+        if ttl > 0:
             at = time.monotonic()
             with self._cache_lock:
                 cached = self._devices_cache.get(patient)
@@ -205,7 +202,7 @@ class FhirService:
         return _Plan(issues, bg_types, cgm_on, insulin_codes, bg_ids, cgm_ids, insulin_ids)
 
     def search_fingerprint(self, conn: Connection, grant: AccessGrant,
-                           s: search.ObservationSearch) -> data.Fingerprint:
+                           s: search.ObservationSearch) -> tuple[Any, ...]:
         """What the answer of an Observation search depends on in the store, in one query:
         the patient's devices (with their first and newest readings) and, per source the
         search reads, the patient's rows in the searched time range widened by a chunk
@@ -225,20 +222,18 @@ class FhirService:
 
     def search_observations(self, grant: AccessGrant, s: search.ObservationSearch,
                             query: Sequence[tuple[str, str]], *,
-                            conn: Connection | None = None,
-                            devices: list[DeviceRow] | None = None,
+                            conn: Connection | None = None, fresh: bool = False,
                             now: dt.datetime | None = None) -> dict[str, Any]:
-        """The searchset Bundle of an Observation search (on ``conn`` when given; from
-        ``devices`` when the caller just read them)."""
+        """The searchset Bundle of an Observation search (on ``conn`` when given; ``fresh``
+        reads the patient's devices now instead of reusing them for ``context_cache_s``)."""
         if conn is None:
             with self._read() as own:
-                return self._search_observations(own, grant, s, query, devices=devices,
-                                                 now=now)
-        return self._search_observations(conn, grant, s, query, devices=devices, now=now)
+                return self._search_observations(own, grant, s, query, fresh=fresh, now=now)
+        return self._search_observations(conn, grant, s, query, fresh=fresh, now=now)
 
     def _search_observations(self, conn: Connection, grant: AccessGrant,
                              s: search.ObservationSearch, query: Sequence[tuple[str, str]],
-                             *, devices: list[DeviceRow] | None,
+                             *, fresh: bool,
                              now: dt.datetime | None) -> dict[str, Any]:
         plan = self._plan(grant, s)
         issues = plan.issues
@@ -249,7 +244,7 @@ class FhirService:
         forward = cursor is None or cursor.forward
         # Fetch order: the sort order going forward, the reverse going back.
         fetch_desc = s.descending == forward
-        ctx = self._context(conn, grant, devices=devices, now=now)
+        ctx = self._context(conn, grant, fresh=fresh, now=now)
         lo, _hi = search.date_window(s.dates)
         if s.dates and lo < ctx.cutoff:
             issues.append(outcome.HISTORIC_RANGE_WARNING)

@@ -5,12 +5,12 @@ device changes are visible at once; paging links stay right; memory is bounded."
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
 
 import pytest
-import sqlalchemy as sa
 
 from bridge.backend.store import devices
 from bridge.hddt.response_cache import KeptAnswer, ResponseCache
@@ -207,12 +207,21 @@ def test_bad_cache_settings_are_refused() -> None:
         HddtSettings(response_cache_max_age_s=-0.5)
 
 
-def test_the_fingerprint_reads_the_device_edges(cgm: Fhir) -> None:
+def test_the_fingerprint_changes_with_rows_in_the_range_only(cgm: Fhir) -> None:
     from bridge.hddt import data as hddt_data
 
+    def fingerprint() -> tuple[Any, ...]:
+        with cgm.store.read() as conn:
+            return hddt_data.search_fingerprint(conn, "p-1", ["cgm_readings"], at(0), at(30))
+
+    first = fingerprint()
+    assert json.loads(first[0])[0] == 6  # readings at 0, 5, ... 25
     with cgm.store.read() as conn:
-        found = hddt_data.search_fingerprint(conn, "p-1", ["cgm_readings"], at(0), at(30))
-        assert found.ranges[0].startswith("6/")  # readings at 0, 5, ... 25
-        (device,) = found.devices
-        assert (device.first_cgm, device.last_cgm) == (at(0), at(50))
-        assert conn.execute(sa.select(sa.func.count()).select_from(devices)).scalar_one() == 1
+        (device,) = hddt_data.patient_devices(conn, "p-1")
+    assert (device.first_cgm, device.last_cgm) == (at(0), at(50))
+    send(cgm, reading(12, 90))
+    second = fingerprint()
+    assert json.loads(second[0])[0] == 7 and second[1] == first[1]  # same device edges
+    send(cgm, reading(56, 90))  # after the range: the device's newest reading changes
+    third = fingerprint()
+    assert third[0] == second[0] and third[1] != second[1]
