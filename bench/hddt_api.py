@@ -11,9 +11,12 @@ requests/s and p50/p99 latency of
   ``_include:iterate=DeviceMetric:source``, and
 * the baseline,
 
-the same search on a second server with the chunk cache off (every request reads and builds
-its chunks), then the vendor holdup: a reading is ingested and the interface polled until it
-shows (blood glucose: the newest Observation; CGM: the current chunk).
+the same search on a server with the response cache off (``cache_off_*``: the chunks are
+kept, the Bundle is built and encoded per request) and on one with both caches off (every
+request reads and builds its chunks), then the vendor holdup: a reading is ingested and the
+interface polled until it shows (blood glucose: the newest Observation; CGM: the current
+chunk). With the response cache on, the load measures the kept answer checked by its
+fingerprint query; the holdup shows that a new reading is still visible at once.
 
 Run from a checkout: ``.venv/bin/python bench/hddt_api.py``. The last line is one JSON object.
 """

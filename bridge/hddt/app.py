@@ -48,6 +48,12 @@ class EncodedWork(Protocol):
     def __call__(self, grant: AccessGrant, *, fmt: Format, pretty: bool) -> bytes: ...
 
 
+class KeptWork(Protocol):
+    """A kept encoded body when it is still right, else None (one quick query)."""
+
+    def __call__(self, grant: AccessGrant, *, fmt: Format, pretty: bool) -> bytes | None: ...
+
+
 class _Outcome(Exception):
     """A ready response (an error body that is not an OperationOutcome of ours)."""
 
@@ -88,9 +94,11 @@ class FhirApp:
 
     async def handle(self, request: Request, interaction: str, work: Work | None, *,
                      data_request: bool = False, public: Callable[[], dict[str, Any]] | None
-                     = None, encoded: EncodedWork | None = None) -> Response:
+                     = None, encoded: EncodedWork | None = None,
+                     kept: KeptWork | None = None) -> Response:
         """Answer ``request``: ``work`` builds the resource from the caller's grant
-        (``encoded`` instead answers the body itself), ``public`` needs no grant."""
+        (``encoded`` instead answers the body itself, after ``kept``, which may answer a
+        kept body on the event loop), ``public`` needs no grant."""
         started = time.perf_counter()
         grant: AccessGrant | None = None
         fmt = Format.JSON
@@ -113,8 +121,12 @@ class FhirApp:
                         job = work
                     grant = await self.access.resolve(request)
                     self.limiter.check(grant.pairing_id, data_request=data_request)
+                    answer: dict[str, Any] | bytes | None = None
                     try:
-                        answer = await self._run(job, grant)
+                        if kept is not None and self.settings.response_cache_check_on_loop:
+                            answer = kept(grant, fmt=fmt, pretty=pretty)
+                        if answer is None:
+                            answer = await self._run(job, grant)
                     except sa.exc.DBAPIError as exc:
                         if not exc.connection_invalidated:
                             raise
@@ -241,7 +253,9 @@ def create_fhir_app(store: Store, settings: HddtSettings, access: AccessResolver
             request, "search-observation", None, data_request=True,
             encoded=lambda g, *, fmt, pretty: fhir.answers.search(
                 g, s, items, variant=(fmt, pretty),
-                encode=lambda bundle: formats.serialize(bundle, fmt, pretty=pretty)))
+                encode=lambda bundle: formats.serialize(bundle, fmt, pretty=pretty)),
+            kept=lambda g, *, fmt, pretty: fhir.answers.kept(g, s, items,
+                                                             variant=(fmt, pretty)))
 
     app.add_api_route("/Observation", observation_search, methods=["GET"])
     app.add_api_route("/Observation/_search", observation_search, methods=["POST"])

@@ -103,6 +103,25 @@ class ObservationAnswers:
         self.cache = (ResponseCache(settings.response_cache_bytes)
                       if settings.response_cache_bytes > 0 else None)
 
+    def kept(self, grant: AccessGrant, s: search.ObservationSearch,
+             query: Sequence[tuple[str, str]], *, variant: Hashable) -> bytes | None:
+        """The kept body of the search when its fingerprint (one query) and age still hold;
+        None when nothing is kept or it is no longer right."""
+        cache = self.cache
+        if cache is None:
+            return None
+        key = _key(grant, query, variant)
+        if cache.get(key) is None:
+            return None  # nothing to check
+        with self.service.read_connection() as conn:
+            fingerprint = self.service.search_fingerprint(conn, grant, s)
+        kept = cache.get(key)
+        if kept is not None and kept.fingerprint == fingerprint and kept.fresh(
+                self.service.clock()):
+            cache.hits += 1
+            return kept.body()
+        return None
+
     def search(self, grant: AccessGrant, s: search.ObservationSearch,
                query: Sequence[tuple[str, str]], *, variant: Hashable,
                encode: Encode) -> bytes:
@@ -111,7 +130,7 @@ class ObservationAnswers:
         cache = self.cache
         if cache is None:
             return encode(self.service.search_observations(grant, s, query))
-        key = (grant.patient_id, tuple(sorted(grant.scopes)), tuple(query), variant)
+        key = _key(grant, query, variant)
         with self.service.read_connection() as conn:
             fingerprint = self.service.search_fingerprint(conn, grant, s)
             now = self.service.clock()
@@ -138,3 +157,10 @@ class ObservationAnswers:
                                   len(head) + len(tail) + ENTRY_OVERHEAD
                                   + sum(len(k) + len(v) for k, v in query)))
         return b"".join((head, fresh_id.encode(), tail))
+
+
+def _key(grant: AccessGrant, query: Sequence[tuple[str, str]],
+         variant: Hashable) -> tuple[Any, ...]:
+    # The patient and scopes decide what may be seen; the query items in their order (the
+    # Bundle's links repeat them); the variant the encoding.
+    return (grant.patient_id, tuple(sorted(grant.scopes)), tuple(query), variant)

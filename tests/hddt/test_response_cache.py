@@ -86,6 +86,18 @@ def test_a_repeated_search_is_served_from_the_cache_with_a_new_bundle_id(cgm: Fh
     assert {**second, "id": first["id"]} == first
 
 
+def test_kept_answers_checked_in_the_worker_threads_too(cgm: Fhir) -> None:
+    with make_fhir(cgm.store, cgm.clock.now, HddtSettings(
+            rate_limit_per_minute=None, response_cache_check_on_loop=False)) as threaded:
+        first = search(threaded)
+        before = hits(threaded)
+        assert data(search(threaded)) == data(first)
+        assert hits(threaded) == before + 1
+        send(threaded, reading(55, 99))
+        assert data(search(threaded))[0].endswith(" 99")
+        assert hits(threaded) == before + 1
+
+
 def test_a_reading_ingested_into_the_searched_range_is_visible_at_once(cgm: Fhir) -> None:
     assert data(search(cgm)) == [" ".join(str(100 + m) for m in range(0, 55, 5))]
     search(cgm)  # kept
