@@ -69,8 +69,8 @@ class HddtSettings:
     #: period, a new pending chunk), as data changes are caught by the fingerprint.
     response_cache_max_age_s: float = 1.0
     #: Check a kept answer (its one fingerprint query) on the event loop rather than in a
-    #: worker thread: the handover to a thread cost more than the query (measured by
-    #: bench/hddt_api.py); building an answer always runs in the worker threads.
+    #: worker thread: the handover to a thread cost more than the query (about 10 % fewer
+    #: requests/s, docs/hddt-api.md); building an answer always runs in the worker threads.
     response_cache_check_on_loop: bool = True
     #: Threads that run the interactions (database and resource building) concurrently;
     #: 0 runs them on the event loop itself.
