@@ -15,15 +15,16 @@ import hashlib
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 import anyio
 import anyio.to_thread
 import sqlalchemy as sa
-from fastapi import FastAPI
+from starlette.datastructures import State
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Route, Router
 
 from bridge.backend.store import Store
 from bridge.hddt import formats, outcome, search
@@ -89,16 +90,21 @@ class FhirApp:
                          if settings.worker_threads > 0 else None)
         self.audit = AuditLog(store, interface_id=base_url, batch=settings.audit_batch,
                               flush_interval_s=settings.audit_flush_interval_s)
+        # Encoded bodies of resources that never change (the CapabilityStatement), per
+        # format and pretty printing.
+        self._public_bodies: dict[tuple[str, Format, bool], bytes] = {}
         self.metadata = capability_statement(base_url=base_url, software_version=_version(),
                                              published=clock())
 
     async def handle(self, request: Request, interaction: str, work: Work | None, *,
                      data_request: bool = False, public: Callable[[], dict[str, Any]] | None
                      = None, encoded: EncodedWork | None = None,
-                     kept: KeptWork | None = None) -> Response:
+                     kept: KeptWork | None = None, public_key: str | None = None
+                     ) -> Response:
         """Answer ``request``: ``work`` builds the resource from the caller's grant
         (``encoded`` instead answers the body itself, after ``kept``, which may answer a
-        kept body on the event loop), ``public`` needs no grant."""
+        kept body on the event loop), ``public`` needs no grant; the encoded answer of a
+        ``public`` resource that never changes is kept under ``public_key``."""
         started = time.perf_counter()
         grant: AccessGrant | None = None
         fmt = Format.JSON
@@ -111,7 +117,9 @@ class FhirApp:
                 fmt = formats.negotiate(request.query_params.get("_format"),
                                         request.headers.get("accept"))
                 if public is not None:
-                    resource = public()
+                    ready = (None if public_key is None
+                             else self._public_bodies.get((public_key, fmt, pretty)))
+                    resource = {} if ready is not None else public()
                 else:
                     job: Callable[[AccessGrant], dict[str, Any] | bytes]
                     if encoded is not None:
@@ -155,8 +163,12 @@ class FhirApp:
                                                  "the request was logged")
                 status, resource = 500, failure.outcome()
                 error = (failure.code, failure.diagnostics)
-            body = (ready if ready is not None and status == 200
-                    else formats.serialize(resource, fmt, pretty=pretty))
+            if ready is not None and status == 200:
+                body = ready
+            else:
+                body = formats.serialize(resource, fmt, pretty=pretty)
+                if public_key is not None and status == 200:
+                    self._public_bodies[(public_key, fmt, pretty)] = body
             media = fmt.media_type
         except _Outcome as out:
             status, headers = out.status, out.headers
@@ -226,21 +238,42 @@ class FhirApp:
             raise FhirError(exc.http_status, str(first.get("code", "invalid")), text) from None
 
 
+class FhirRouter(Router):
+    """The resource server's routes as a plain Starlette router (no FastAPI dependency
+    injection or middleware stack per request: the routes take only the request, and
+    :meth:`FhirApp.handle` answers every error itself). ``state.hddt`` is the
+    :class:`FhirApp`."""
+
+    def __init__(self, fhir: FhirApp) -> None:
+        super().__init__()
+        self.state = State()
+        self.state.hddt = fhir
+
+    def route(self, path: str, endpoint: Endpoint, methods: Sequence[str]) -> None:
+        """Add ``endpoint`` for exactly ``methods`` (no implicit HEAD: HEAD stays 405)."""
+        route = Route(path, endpoint, methods=list(methods))
+        route.methods = set(methods)
+        self.routes.append(route)
+
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
 def create_fhir_app(store: Store, settings: HddtSettings, access: AccessResolver, *,
-                    base_url: str, clock: Clock = _utc_now) -> FastAPI:
+                    base_url: str, clock: Clock = _utc_now) -> FhirRouter:
     """The resource server; ``base_url`` is its public FHIR base (e.g. ``…/fhir``).
 
     ``app.state.hddt`` is the :class:`FhirApp` (call its ``close()``, or at least close its
     ``audit``, on shutdown: mounted sub-applications get no lifespan events)."""
     fhir = FhirApp(store, settings, access, base_url=base_url, clock=clock)
-    app = FastAPI(title="HDDT FHIR resource server", openapi_url=None, docs_url=None,
-                  redoc_url=None)
-    app.state.hddt = fhir
+    app = FhirRouter(fhir)
     st = settings
 
-    @app.get("/metadata")
     async def metadata(request: Request) -> Response:
-        return await fhir.handle(request, "metadata", None, public=lambda: fhir.metadata)
+        return await fhir.handle(request, "metadata", None, public=lambda: fhir.metadata,
+                                 public_key="metadata")
+
+    app.route("/metadata", metadata, ["GET"])
 
     async def observation_search(request: Request) -> Response:
         try:
@@ -257,10 +290,9 @@ def create_fhir_app(store: Store, settings: HddtSettings, access: AccessResolver
             kept=lambda g, *, fmt, pretty: fhir.answers.kept(g, s, items,
                                                              variant=(fmt, pretty)))
 
-    app.add_api_route("/Observation", observation_search, methods=["GET"])
-    app.add_api_route("/Observation/_search", observation_search, methods=["POST"])
+    app.route("/Observation", observation_search, ["GET"])
+    app.route("/Observation/_search", observation_search, ["POST"])
 
-    @app.post("/Observation/$hddt-cgm-summary")
     async def cgm_summary(request: Request) -> Response:
         try:
             body_format = formats.request_body_format(request.headers.get("content-type"))
@@ -270,10 +302,14 @@ def create_fhir_app(store: Store, settings: HddtSettings, access: AccessResolver
         return await fhir.handle(request, "operation-cgm-summary",
                                  lambda g: fhir.summary(g, body), data_request=True)
 
-    @app.get("/Observation/{resource_id}")
-    async def observation_read(request: Request, resource_id: str) -> Response:
+    app.route("/Observation/$hddt-cgm-summary", cgm_summary, ["POST"])
+
+    async def observation_read(request: Request) -> Response:
+        resource_id: str = request.path_params["resource_id"]
         return await fhir.handle(request, "read-observation",
                                  lambda g: fhir.service.read_observation(g, resource_id))
+
+    app.route("/Observation/{resource_id}", observation_read, ["GET"])
 
     async def device_search(request: Request) -> Response:
         try:
@@ -285,13 +321,15 @@ def create_fhir_app(store: Store, settings: HddtSettings, access: AccessResolver
         return await fhir.handle(request, "search-device",
                                  lambda g: fhir.service.search_devices(g, s, items))
 
-    app.add_api_route("/Device", device_search, methods=["GET"])
-    app.add_api_route("/Device/_search", device_search, methods=["POST"])
+    app.route("/Device", device_search, ["GET"])
+    app.route("/Device/_search", device_search, ["POST"])
 
-    @app.get("/Device/{resource_id}")
-    async def device_read(request: Request, resource_id: str) -> Response:
+    async def device_read(request: Request) -> Response:
+        resource_id: str = request.path_params["resource_id"]
         return await fhir.handle(request, "read-device",
                                  lambda g: fhir.service.read_device(g, resource_id))
+
+    app.route("/Device/{resource_id}", device_read, ["GET"])
 
     async def metric_search(request: Request) -> Response:
         try:
@@ -303,24 +341,27 @@ def create_fhir_app(store: Store, settings: HddtSettings, access: AccessResolver
         return await fhir.handle(request, "search-devicemetric",
                                  lambda g: fhir.service.search_metrics(g, s, items))
 
-    app.add_api_route("/DeviceMetric", metric_search, methods=["GET"])
-    app.add_api_route("/DeviceMetric/_search", metric_search, methods=["POST"])
+    app.route("/DeviceMetric", metric_search, ["GET"])
+    app.route("/DeviceMetric/_search", metric_search, ["POST"])
 
-    @app.get("/DeviceMetric/{resource_id}")
-    async def metric_read(request: Request, resource_id: str) -> Response:
+    async def metric_read(request: Request) -> Response:
+        resource_id: str = request.path_params["resource_id"]
         return await fhir.handle(request, "read-devicemetric",
                                  lambda g: fhir.service.read_metric(g, resource_id))
 
-    @app.get("/{resource_type}/{resource_id}/_history/{version}")
-    async def vread(request: Request, resource_type: str, resource_id: str,
-                    version: str) -> Response:
+    app.route("/DeviceMetric/{resource_id}", metric_read, ["GET"])
+
+    async def vread(request: Request) -> Response:
         # Device and DeviceMetric are not versioned (a new calibration state is a new
         # DeviceMetric), so no version exists (fhir-api-device.md "VREAD" may be omitted).
+        p = request.path_params
         return await fhir.handle(request, "vread", _raise(outcome.version_not_valid(
-            version, f"{resource_type}/{resource_id}")))
+            p["version"], f"{p['resource_type']}/{p['resource_id']}")))
 
-    @app.api_route("/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
-    async def other(request: Request, path: str) -> Response:
+    app.route("/{resource_type}/{resource_id}/_history/{version}", vread, ["GET"])
+
+    async def other(request: Request) -> Response:
+        path: str = request.path_params["path"]
         if request.method == "GET":
             error = FhirError(404, "not-supported", f"Resource type or path /{path} is not "
                                                     "supported by this server")
@@ -328,6 +369,7 @@ def create_fhir_app(store: Store, settings: HddtSettings, access: AccessResolver
             error = outcome.method_not_allowed(request.method, f"/{path}")
         return await fhir.handle(request, "refused", None, public=lambda: _raise(error)(None))
 
+    app.route("/{path:path}", other, ["GET", "POST", "PUT", "PATCH", "DELETE"])
     return app
 
 
