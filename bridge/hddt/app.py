@@ -50,9 +50,11 @@ class EncodedWork(Protocol):
 
 
 class KeptWork(Protocol):
-    """A kept encoded body when it is still right, else None (one quick query)."""
+    """A kept encoded body when it is still right, else None (one quick query, which may
+    await the database)."""
 
-    def __call__(self, grant: AccessGrant, *, fmt: Format, pretty: bool) -> bytes | None: ...
+    def __call__(self, grant: AccessGrant, *, fmt: Format,
+                 pretty: bool) -> Awaitable[bytes | None]: ...
 
 
 class _Outcome(Exception):
@@ -132,7 +134,7 @@ class FhirApp:
                     answer: dict[str, Any] | bytes | None = None
                     try:
                         if kept is not None and self.settings.response_cache_check_on_loop:
-                            answer = kept(grant, fmt=fmt, pretty=pretty)
+                            answer = await kept(grant, fmt=fmt, pretty=pretty)
                         if answer is None:
                             answer = await self._run(job, grant)
                     except sa.exc.DBAPIError as exc:
@@ -197,6 +199,7 @@ class FhirApp:
     def close(self) -> None:
         """Write the audit entries still queued and release the read connections."""
         self.audit.close()
+        self.answers.close()
         self.service.close()
 
     async def search_params(self, request: Request) -> list[tuple[str, str]]:
@@ -287,8 +290,8 @@ def create_fhir_app(store: Store, settings: HddtSettings, access: AccessResolver
             encoded=lambda g, *, fmt, pretty: fhir.answers.search(
                 g, s, items, variant=(fmt, pretty),
                 encode=lambda bundle: formats.serialize(bundle, fmt, pretty=pretty)),
-            kept=lambda g, *, fmt, pretty: fhir.answers.kept(g, s, items,
-                                                             variant=(fmt, pretty)))
+            kept=lambda g, *, fmt, pretty: fhir.answers.kept_on_loop(
+                g, s, items, variant=(fmt, pretty)))
 
     app.route("/Observation", observation_search, ["GET"])
     app.route("/Observation/_search", observation_search, ["POST"])

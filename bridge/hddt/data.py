@@ -8,6 +8,7 @@ for the meter readings of a page (keyset, LIMIT) and one per window of CGM chunk
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -138,10 +139,21 @@ def search_fingerprint(conn: Connection, patient_id: str, tables: Sequence[str],
     newest ``inserted_at`` (rows are only ever inserted, so a new row changes one of the
     two), and the patient's device rows with the times of their first and newest readings
     (a reading after the range may close a chunk or retire a sensor)."""
-    dialect = "postgresql" if conn.dialect.name == "postgresql" else "sqlite"
-    parts = [_RANGE_SQL[dialect].format(table=table, cond=FINGERPRINT_TABLES[table].format(
-        loinc="%(loinc)s" if dialect == "postgresql" else "?")) for table in tables]
-    sql = "SELECT " + ", ".join([*parts, _DEVICE_STATE_SQL[dialect]])
+    sql, params = fingerprint_statement(conn.dialect.name, patient_id, tables, start, end)
+    return fetch_one(conn, sql, params)
+
+
+def fetch_one(conn: Connection, sql: str, params: Any) -> tuple[Any, ...]:
+    """The one row of a driver-SQL query (a fingerprint)."""
+    (row,) = _fetch(conn, sql, params)
+    return tuple(row)
+
+
+def fingerprint_statement(dialect: str, patient_id: str, tables: Sequence[str],
+                          start: dt.datetime, end: dt.datetime) -> tuple[str, Any]:
+    """The SQL and parameters of :func:`search_fingerprint` (for a connection of its own)."""
+    dialect = "postgresql" if dialect == "postgresql" else "sqlite"
+    sql = _fingerprint_sql(dialect, tuple(tables))
     start, end = start.astimezone(dt.UTC), end.astimezone(dt.UTC)
     params: Any
     if dialect == "postgresql":
@@ -153,8 +165,15 @@ def search_fingerprint(conn: Connection, patient_id: str, tables: Sequence[str],
             params += [patient_id, *([CGM_LOINC] if FINGERPRINT_TABLES[table] else []),
                        start.strftime(fmt), end.strftime(fmt)]
         params.append(patient_id)
-    (row,) = _fetch(conn, sql, params)
-    return tuple(row)
+    return sql, params
+
+
+@functools.lru_cache(maxsize=64)
+def _fingerprint_sql(dialect: str, tables: tuple[str, ...]) -> str:
+    # Built once per set of tables: the same text every time also lets psycopg prepare it.
+    parts = [_RANGE_SQL[dialect].format(table=table, cond=FINGERPRINT_TABLES[table].format(
+        loinc="%(loinc)s" if dialect == "postgresql" else "?")) for table in tables]
+    return "SELECT " + ", ".join([*parts, _DEVICE_STATE_SQL[dialect]])
 
 
 def _utc(value: Any) -> dt.datetime | None:

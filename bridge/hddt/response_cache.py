@@ -26,6 +26,7 @@ from typing import Any
 
 from bridge.hddt import search
 from bridge.hddt.access import AccessGrant
+from bridge.hddt.loop_reads import LoopReads
 from bridge.hddt.service import FhirService
 from bridge.hddt.settings import HddtSettings
 
@@ -102,6 +103,11 @@ class ObservationAnswers:
         self.max_age = dt.timedelta(seconds=settings.response_cache_max_age_s)
         self.cache = (ResponseCache(settings.response_cache_bytes)
                       if settings.response_cache_bytes > 0 else None)
+        # PostgreSQL: the checks on the event loop over asyncio connections of their own.
+        self.loop_reads = (
+            LoopReads(service.store.engine.url, settings.response_cache_check_connections)
+            if self.cache is not None and settings.response_cache_check_connections > 0
+            and service.store.engine.dialect.name == "postgresql" else None)
 
     def kept(self, grant: AccessGrant, s: search.ObservationSearch,
              query: Sequence[tuple[str, str]], *, variant: Hashable) -> bytes | None:
@@ -115,12 +121,41 @@ class ObservationAnswers:
             return None  # nothing to check
         with self.service.read_connection() as conn:
             fingerprint = self.service.search_fingerprint(conn, grant, s)
-        kept = cache.get(key)
+        return self._served(key, fingerprint)
+
+    async def kept_on_loop(self, grant: AccessGrant, s: search.ObservationSearch,
+                           query: Sequence[tuple[str, str]], *, variant: Hashable
+                           ) -> bytes | None:
+        """:meth:`kept` for the event loop: on PostgreSQL the fingerprint query runs over an
+        asyncio connection (the loop serves other requests meanwhile), elsewhere as
+        :meth:`kept`. None also when the query failed (the caller builds the answer, which
+        checks again)."""
+        reads = self.loop_reads
+        if reads is None:
+            return self.kept(grant, s, query, variant=variant)
+        cache = self.cache
+        if cache is None:
+            return None
+        key = _key(grant, query, variant)
+        if cache.get(key) is None:
+            return None  # nothing to check
+        sql, params = self.service.fingerprint_statement("postgresql", grant, s)
+        fingerprint = await reads.fetch_one(sql, params)
+        return None if fingerprint is None else self._served(key, fingerprint)
+
+    def _served(self, key: Hashable, fingerprint: tuple[Any, ...]) -> bytes | None:
+        assert self.cache is not None
+        kept = self.cache.get(key)
         if kept is not None and kept.fingerprint == fingerprint and kept.fresh(
                 self.service.clock()):
-            cache.hits += 1
+            self.cache.hits += 1
             return kept.body()
         return None
+
+    def close(self) -> None:
+        """Close the event loop's connections."""
+        if self.loop_reads is not None:
+            self.loop_reads.close()
 
     def search(self, grant: AccessGrant, s: search.ObservationSearch,
                query: Sequence[tuple[str, str]], *, variant: Hashable,

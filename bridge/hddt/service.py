@@ -207,6 +207,12 @@ class FhirService:
         the patient's devices (with their first and newest readings) and, per source the
         search reads, the patient's rows in the searched time range widened by a chunk
         span (a chunk reaching into the range may start or end outside it)."""
+        sql, params = self.fingerprint_statement(conn.dialect.name, grant, s)
+        return data.fetch_one(conn, sql, params)
+
+    def fingerprint_statement(self, dialect: str, grant: AccessGrant,
+                              s: search.ObservationSearch) -> tuple[str, Any]:
+        """SQL and parameters of :meth:`search_fingerprint` (its one query)."""
         plan = self._plan(grant, s)
         tables = [name for name, on in (("cgm_readings", plan.cgm_on),
                                         ("glucose_readings", bool(plan.bg_types)),
@@ -217,8 +223,8 @@ class FhirService:
             lo, hi = _MIN, _MAX  # "ap" widens with the distance from now
         cutoff = self.clock() - self.settings.historic_period
         start = max(_shift(lo, -span), cutoff - span)
-        return data.search_fingerprint(conn, grant.patient_id, tables, start,
-                                       max(_shift(hi, span), start))
+        return data.fingerprint_statement(dialect, grant.patient_id, tables, start,
+                                          max(_shift(hi, span), start))
 
     def search_observations(self, grant: AccessGrant, s: search.ObservationSearch,
                             query: Sequence[tuple[str, str]], *,

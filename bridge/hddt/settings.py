@@ -72,6 +72,10 @@ class HddtSettings:
     #: worker thread: the handover to a thread cost more than the query (about 10 % fewer
     #: requests/s, docs/hddt-api.md); building an answer always runs in the worker threads.
     response_cache_check_on_loop: bool = True
+    #: PostgreSQL: asyncio connections the checks on the event loop use in turn, so the loop
+    #: serves other requests during the query (measured by bench/hddt_api.py); 0 runs the
+    #: check on a pooled blocking connection, the loop waiting for it.
+    response_cache_check_connections: int = 4
     #: Threads that run the interactions (database and resource building) concurrently;
     #: 0 runs them on the event loop itself.
     worker_threads: int = 4
@@ -98,6 +102,9 @@ class HddtSettings:
         if self.response_cache_bytes < 0 or self.response_cache_max_age_s < 0:
             raise SettingsError("the response cache needs response_cache_bytes >= 0 and "
                                 "response_cache_max_age_s >= 0")
+        if self.response_cache_check_connections < 0:
+            raise SettingsError("response_cache_check_connections must be >= 0, got "
+                                f"{self.response_cache_check_connections}")
         if self.worker_threads < 0:
             raise SettingsError(f"worker_threads must be >= 0, got {self.worker_threads}")
         if self.rate_limit_per_minute is not None and (

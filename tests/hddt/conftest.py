@@ -36,7 +36,7 @@ from bridge.hddt.access import (
     StaticAccessResolver,
     observation_scope,
 )
-from bridge.hddt.app import create_fhir_app
+from bridge.hddt.app import FhirRouter, create_fhir_app
 from bridge.hddt.settings import HddtSettings
 from bridge.messages import RecordsMessage, batches, records_topic
 from bridge.records import AnyRecord, DeviceInfo
@@ -151,7 +151,7 @@ class Fhir:
     store: Store
     clock: Clock
     client: SyncClient
-    app: FastAPI
+    app: FhirRouter
     patient: SimulatedPatient | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -98,6 +98,41 @@ def test_kept_answers_checked_in_the_worker_threads_too(cgm: Fhir) -> None:
         assert hits(threaded) == before + 1
 
 
+def test_kept_answers_checked_on_a_blocking_connection_too(cgm: Fhir) -> None:
+    with make_fhir(cgm.store, cgm.clock.now, HddtSettings(
+            rate_limit_per_minute=None, response_cache_check_connections=0)) as blocking:
+        assert blocking.app.state.hddt.answers.loop_reads is None
+        first = search(blocking)
+        before = hits(blocking)
+        assert data(search(blocking)) == data(first)
+        assert hits(blocking) == before + 1
+        send(blocking, reading(55, 99))
+        assert data(search(blocking))[0].endswith(" 99")
+        assert hits(blocking) == before + 1
+
+
+def test_a_lost_check_connection_never_serves_a_kept_answer(cgm: Fhir) -> None:
+    with make_fhir(cgm.store, cgm.clock.now, HddtSettings(
+            rate_limit_per_minute=None, response_cache_check_connections=1)) as one:
+        reads = one.app.state.hddt.answers.loop_reads
+        if one.store.engine.dialect.name != "postgresql":
+            assert reads is None  # SQLite: checked on the loop's own read connection
+            return
+        search(one)
+        before = hits(one)
+        search(one)
+        assert hits(one) == before + 1 and len(reads._connections) == 1
+        # The database ends the check connection (a restart, a failover), a reading arrives.
+        with one.store.begin() as conn:
+            conn.exec_driver_sql("SELECT pg_terminate_backend(%(pid)s)",
+                                 {"pid": reads._connections[0].info.backend_pid})
+        send(one, reading(55, 99))
+        assert data(search(one))[0].endswith(" 99")  # built again, never the kept answer
+        assert hits(one) == before + 1 and reads.failures == 1 and not reads._connections
+        search(one)  # a new connection checks the next use
+        assert hits(one) == before + 2 and len(reads._connections) == 1
+
+
 def test_a_reading_ingested_into_the_searched_range_is_visible_at_once(cgm: Fhir) -> None:
     assert data(search(cgm)) == [" ".join(str(100 + m) for m in range(0, 55, 5))]
     search(cgm)  # kept
@@ -217,6 +252,8 @@ def test_bad_cache_settings_are_refused() -> None:
         HddtSettings(response_cache_bytes=-1)
     with pytest.raises(SettingsError, match="response cache"):
         HddtSettings(response_cache_max_age_s=-0.5)
+    with pytest.raises(SettingsError, match="response_cache_check_connections"):
+        HddtSettings(response_cache_check_connections=-1)
 
 
 def test_the_fingerprint_changes_with_rows_in_the_range_only(cgm: Fhir) -> None:
