@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import anyio
 import anyio.to_thread
 import sqlalchemy as sa
-from starlette.datastructures import State
+from starlette.datastructures import QueryParams, State
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, Router
@@ -41,6 +41,9 @@ from bridge.hddt.settings import HddtSettings
 log = logging.getLogger(__name__)
 
 Work = Callable[[AccessGrant], dict[str, Any]]
+
+#: Distinct query strings (and Observation searches) kept parsed.
+_KEPT_QUERIES = 1024
 
 
 class EncodedWork(Protocol):
@@ -95,6 +98,9 @@ class FhirApp:
         # Encoded bodies of resources that never change (the CapabilityStatement), per
         # format and pretty printing.
         self._public_bodies: dict[tuple[str, Format, bool], bytes] = {}
+        # Parsed query strings and Observation searches (read-only once parsed).
+        self._queries: dict[bytes, QueryParams] = {}
+        self._searches: dict[tuple[tuple[str, str], ...], search.ObservationSearch] = {}
         self.metadata = capability_statement(base_url=base_url, software_version=_version(),
                                              published=clock())
 
@@ -110,13 +116,14 @@ class FhirApp:
         started = time.perf_counter()
         grant: AccessGrant | None = None
         fmt = Format.JSON
-        pretty = request.query_params.get("_pretty") == "true"
+        query = self.query(request)
+        pretty = query.get("_pretty") == "true"
         headers: dict[str, str] = {}
         error: tuple[str, str] | None = None
         ready: bytes | None = None
         try:
             try:
-                fmt = formats.negotiate(request.query_params.get("_format"),
+                fmt = formats.negotiate(query.get("_format"),
                                         request.headers.get("accept"))
                 if public is not None:
                     ready = (None if public_key is None
@@ -202,9 +209,35 @@ class FhirApp:
         self.answers.close()
         self.service.close()
 
+    def query(self, request: Request) -> QueryParams:
+        """The request's query items, parsed once per distinct query string: a DiGA polls
+        the same searches again and again (retrieving-data.md "Polling")."""
+        raw: bytes = request.scope.get("query_string", b"")
+        parsed = self._queries.get(raw)
+        if parsed is None:
+            parsed = QueryParams(raw)
+            if len(self._queries) >= _KEPT_QUERIES:
+                self._queries.clear()  # bounded; refilled by the queries still in use
+            self._queries[raw] = parsed
+        return parsed
+
+    def observation_search(self, items: list[tuple[str, str]]) -> search.ObservationSearch:
+        """The parsed Observation search of ``items`` (kept per distinct items; a refused
+        search raises its FhirError every time)."""
+        key = tuple(items)
+        parsed = self._searches.get(key)
+        if parsed is None:
+            st = self.settings
+            parsed = search.parse_observation_search(items, default_count=st.page_size_default,
+                                                     max_count=st.page_size_max)
+            if len(self._searches) >= _KEPT_QUERIES:
+                self._searches.clear()
+            self._searches[key] = parsed
+        return parsed
+
     async def search_params(self, request: Request) -> list[tuple[str, str]]:
         """Query items, plus the form body of ``POST _search`` (http.html "search")."""
-        items = list(request.query_params.multi_items())
+        items = list(self.query(request).multi_items())
         if request.method == "POST":
             ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
             if ctype != "application/x-www-form-urlencoded":
@@ -281,8 +314,7 @@ def create_fhir_app(store: Store, settings: HddtSettings, access: AccessResolver
     async def observation_search(request: Request) -> Response:
         try:
             items = await fhir.search_params(request)
-            s = search.parse_observation_search(items, default_count=st.page_size_default,
-                                                max_count=st.page_size_max)
+            s = fhir.observation_search(items)
         except FhirError as exc:
             return await fhir.handle(request, "search-observation", _raise(exc))
         return await fhir.handle(
