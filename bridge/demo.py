@@ -625,7 +625,7 @@ async def _start_hddt(stack: contextlib.AsyncExitStack, store: Store, options: D
     port = _port_or_free(options.http_port) if options.http_port else _free_port()
     app, tls, endpoints = await asyncio.to_thread(
         _hddt_setup, store, options.state_dir, patient_ids, port)
-    server = HttpsServer(app, tls=tls, port=port)
+    server = HttpsServer(app, tls=tls, port=port, store=store)
     await asyncio.to_thread(server.start)
     stack.callback(server.stop)
     say(f"hddt        FHIR {endpoints.fhir_base_url} (TLS; CA {endpoints.ca_certificate})")

@@ -158,11 +158,86 @@ def _harden(config: uvicorn.Config) -> None:
         config.ssl.set_ciphers(TLS12_CIPHERS)
 
 
-def serve(app: Any, *, host: str, port: int, tls: TlsFiles, log_level: str = "info") -> None:
-    """Run ``app`` over HTTPS until interrupted (Ctrl-C, SIGTERM)."""
+class ClientTrustRefresher:
+    """Adds DiGA certificates registered while the server runs to its live TLS trust store.
+
+    The client trust store starts as the CA files plus every registered certificate
+    (:func:`client_trust_bundle`), so a self-signed DiGA certificate passes the handshake.
+    The directory may change while the server runs (``hddt-bridge auth diga add`` from another
+    process): every ``interval_s`` the active entries are read and certificates not yet known
+    are loaded into the server's ``SSLContext``, which new handshakes use at once. Anchors are
+    only ever added (OpenSSL cannot take one out of a live context); a deactivated or changed
+    entry is refused anyway, because the application compares every presented certificate
+    with the active directory entry of its ``client_id`` (``authenticate_tls_client``,
+    ``JwtAccessResolver``).
+    """
+
+    def __init__(self, store: Store, context: ssl.SSLContext, *,
+                 interval_s: float = 30.0) -> None:
+        if interval_s <= 0:
+            raise AuthError(f"the trust refresh interval must be > 0 s, got {interval_s}")
+        self.store = store
+        self.context = context
+        self.interval_s = interval_s
+        self._known: set[str] = set()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.refresh()
+
+    def refresh(self) -> int:
+        """Load the certificates of active entries not loaded yet; how many were added."""
+        with self.store.begin() as conn:
+            clients = [c for c in list_clients(conn) if c.active]
+        added = 0
+        for client in clients:
+            pem = client.certificate_pem.strip()
+            if not pem or pem in self._known:
+                continue
+            try:
+                self.context.load_verify_locations(cadata=pem)
+            except ssl.SSLError as exc:  # refused at registration already; never fatal here
+                log.warning("certificate of %s not added to the trust store: %s",
+                            client.client_id, exc)
+                continue
+            self._known.add(pem)
+            added += 1
+        return added
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                added = self.refresh()
+            except Exception:  # a store hiccup must not end the refresher
+                log.exception("refreshing the client trust store failed")
+                continue
+            if added:
+                log.info("%d DiGA certificate(s) added to the client trust store", added)
+
+    def start(self) -> ClientTrustRefresher:
+        self._thread = threading.Thread(target=self._run, name="hddt-trust", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+
+def serve(app: Any, *, host: str, port: int, tls: TlsFiles, log_level: str = "info",
+          store: Store | None = None, trust_refresh_s: float = 30.0) -> None:
+    """Run ``app`` over HTTPS until interrupted (Ctrl-C, SIGTERM); with ``store``, DiGA
+    certificates registered meanwhile join the trust store (:class:`ClientTrustRefresher`)."""
     config = uvicorn_config(app, host=host, port=port, tls=tls, log_level=log_level)
     _harden(config)
-    uvicorn.Server(config).run()
+    refresher = None
+    if store is not None and config.ssl is not None:
+        refresher = ClientTrustRefresher(store, config.ssl, interval_s=trust_refresh_s).start()
+    try:
+        uvicorn.Server(config).run()
+    finally:
+        if refresher is not None:
+            refresher.stop()
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -172,10 +247,13 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 class HttpsServer:
-    """``app`` served over HTTPS by uvicorn in a background thread."""
+    """``app`` served over HTTPS by uvicorn in a background thread; with ``store``, DiGA
+    certificates registered while it runs join its trust store (:class:`ClientTrustRefresher`,
+    every ``trust_refresh_s``)."""
 
     def __init__(self, app: Any, *, tls: TlsFiles, host: str = "127.0.0.1",
-                 port: int | None = None) -> None:
+                 port: int | None = None, store: Store | None = None,
+                 trust_refresh_s: float = 30.0) -> None:
         self.host = host
         self.port = port or free_port(host)
         self.config = uvicorn_config(app, host=host, port=self.port, tls=tls)
@@ -183,6 +261,9 @@ class HttpsServer:
         self.server = uvicorn.Server(self.config)
         self.thread = threading.Thread(target=self.server.run, name="hddt-https",
                                        daemon=True)
+        self.refresher = (ClientTrustRefresher(store, self.config.ssl,
+                                               interval_s=trust_refresh_s)
+                          if store is not None and self.config.ssl is not None else None)
 
     @property
     def base_url(self) -> str:
@@ -195,9 +276,13 @@ class HttpsServer:
             if not self.thread.is_alive() or time.monotonic() > deadline:
                 raise AuthError(f"the HTTPS server did not start on {self.base_url}")
             time.sleep(0.02)
+        if self.refresher is not None:
+            self.refresher.start()
         return self
 
     def stop(self) -> None:
+        if self.refresher is not None:
+            self.refresher.stop()
         self.server.should_exit = True
         self.thread.join(timeout=20)
 

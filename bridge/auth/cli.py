@@ -241,7 +241,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         print(f"serving {config.auth.issuer} (FHIR base {config.auth.audience})",
               file=sys.stderr)
         serve(app, host=config.api.host, port=config.api.port,
-              tls=TlsFiles(config.api.cert, config.api.key, trust), log_level=args.log_level)
+              tls=TlsFiles(config.api.cert, config.api.key, trust), log_level=args.log_level,
+              store=store)
     except BridgeError:
         raise
     finally:

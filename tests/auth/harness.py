@@ -279,7 +279,7 @@ def running_sandbox(tmp: Path, *, digas: Mapping[str, Sequence[str]] | None = No
                      secrets=AuthSecrets.load(settings.state_dir))
     trust = client_trust_bundle(store, [pki.ca.cert], tmp / "client-trust.pem")
     server = HttpsServer(app, tls=TlsFiles(pki.server.cert, pki.server.key, trust),
-                         port=port).start()
+                         port=port, store=store, trust_refresh_s=3600).start()
     box = Sandbox(store, settings, pki, server, tmp)
     try:
         yield box

@@ -263,3 +263,32 @@ def test_serve_command_answers_over_tls(tmp_path: Path, pki: Path) -> None:
     # uvicorn shuts down cleanly and then re-raises the signal it caught.
     assert process.returncode in (0, -15), err.decode()
     assert b"Traceback" not in err
+
+
+def test_the_trust_refresher_adds_certificates_registered_later_in_the_background(
+        tmp_path: Path) -> None:
+    import time
+
+    from bridge.auth.errors import AuthError
+    from bridge.web import ClientTrustRefresher, register_diga
+    from tests.auth.harness import ALL_GLUCOSE, redirect_uri, self_signed_certificate
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    with Store.open(f"sqlite:///{tmp_path / 'backend.sqlite'}") as store:
+        with pytest.raises(AuthError, match="interval"):
+            ClientTrustRefresher(store, context, interval_s=0)
+        refresher = ClientTrustRefresher(store, context, interval_s=0.05).start()
+        try:
+            before = context.cert_store_stats()["x509"]
+            client_id = "urn:diga:bfarm:10042"
+            cert, _ = self_signed_certificate(tmp_path, client_id)
+            register_diga(store, client_id, name="Late DiGA",
+                          redirect_uris=[redirect_uri(client_id)], scopes=ALL_GLUCOSE,
+                          certificate_pem=cert.read_text(), actor="test")
+            deadline = time.monotonic() + 10
+            while context.cert_store_stats()["x509"] == before:
+                assert time.monotonic() < deadline, "the refresher never loaded the certificate"
+                time.sleep(0.02)
+            assert context.cert_store_stats()["x509"] == before + 1
+        finally:
+            refresher.stop()

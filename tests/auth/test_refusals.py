@@ -104,6 +104,25 @@ def test_untrusted_certificate_fails_the_handshake(box: Sandbox) -> None:
         box.with_cert(cert, key).get(f"{box.base_url}/.well-known/oauth-authorization-server")
 
 
+def test_a_self_signed_diga_registered_while_running_is_trusted_after_the_refresh(
+        box: Sandbox) -> None:
+    from tests.auth.harness import ALL_GLUCOSE, redirect_uri, self_signed_certificate
+
+    late = "urn:diga:bfarm:10009"
+    cert, key = self_signed_certificate(box.tmp / "self-signed", late)
+    register_diga(box.store, late, name="DiGA 10009", redirect_uris=[redirect_uri(late)],
+                  scopes=ALL_GLUCOSE, certificate_pem=cert.read_text(), actor="test")
+    # Not yet in the live trust store: the handshake refuses the self-signed certificate.
+    with pytest.raises((httpx.TransportError, ssl.SSLError)):
+        httpx.Client(verify=box.tls_context((cert, key))).post(
+            f"{box.base_url}/par", data={"client_id": late})
+    assert box.server.refresher is not None
+    assert box.server.refresher.refresh() == 1
+    assert box.server.refresher.refresh() == 0           # each certificate is loaded once
+    tokens = box.pair(late, "alice")
+    assert fhir(box, box.diga(late), tokens["access_token"]).status_code == 200
+
+
 def test_inactive_diga_is_refused_and_loses_its_pairings(box: Sandbox) -> None:
     tokens = box.pair(DIGA_RETIRED, "alice")
     assert fhir(box, box.diga(DIGA_RETIRED), tokens["access_token"]).status_code == 200
