@@ -4,11 +4,13 @@ device changes are visible at once; paging links stay right; memory is bounded."
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import json
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import parse_qsl, quote
 
 import pytest
 
@@ -16,7 +18,16 @@ from bridge.backend.store import devices
 from bridge.hddt.response_cache import KeptAnswer, ResponseCache
 from bridge.hddt.settings import HddtSettings, SettingsError
 from bridge.records import CgmReading, DeviceInfo, DeviceKind
-from tests.hddt.conftest import Fhir, included, ingest, make_fhir, matches, new_store, provision
+from tests.hddt.conftest import (
+    GRANTS,
+    Fhir,
+    included,
+    ingest,
+    make_fhir,
+    matches,
+    new_store,
+    provision,
+)
 from tests.hddt.helpers import assert_valid
 
 T0 = dt.datetime(2027, 3, 1, 10, 0, tzinfo=dt.UTC)
@@ -274,3 +285,44 @@ def test_the_fingerprint_changes_with_rows_in_the_range_only(cgm: Fhir) -> None:
     send(cgm, reading(56, 90))  # after the range: the device's newest reading changes
     third = fingerprint()
     assert third[0] == second[0] and third[1] != second[1]
+
+
+def test_concurrent_requests_share_one_check_and_a_cancelled_one_does_not_stop_it(
+        cgm: Fhir) -> None:
+    answers = cgm.app.state.hddt.answers
+    if answers.loop_reads is None:
+        return  # SQLite: checked on the loop's own read connection, one at a time
+    search(cgm)  # kept
+    query = parse_qsl(HOUR.split("?", 1)[1], keep_blank_values=True)
+    s = cgm.app.state.hddt.observation_search(query)
+    g = GRANTS["t-all"]
+
+    async def burst() -> list[bytes | None]:
+        first = asyncio.ensure_future(answers.kept_on_loop(g, s, query, variant=("json", False)))
+        rest = [asyncio.ensure_future(answers.kept_on_loop(g, s, query,
+                                                           variant=("json", False)))
+                for _ in range(15)]
+        await asyncio.sleep(0)  # every request is waiting for the same check
+        first.cancel()  # its client went away
+        with contextlib.suppress(asyncio.CancelledError):
+            await first
+        return list(await asyncio.gather(*rest))
+
+    before_shared, before_hits = answers.shared_checks, hits(cgm)
+    bodies = [b for b in asyncio.run(burst()) if b is not None]
+    assert len(bodies) == 15
+    assert {json.loads(b)["entry"][0]["resource"]["valueSampledData"]["data"]
+            for b in bodies} == set(data(search(cgm))[:1])
+    assert answers.shared_checks - before_shared == 15  # one query answered all 16
+    assert hits(cgm) >= before_hits + 15
+    assert not answers._checks  # nothing left behind
+
+    # A request that starts after a commit gets a check that starts after it too.
+    send(cgm, reading(55, 99))
+
+    async def after() -> bytes | None:
+        body: bytes | None = await answers.kept_on_loop(g, s, query, variant=("json", False))
+        return body
+
+    assert asyncio.run(after()) is None  # the kept answer no longer holds
+    assert data(search(cgm))[0].endswith(" 99")
