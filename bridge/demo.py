@@ -402,7 +402,7 @@ async def run_demo(options: DemoOptions, out: TextIO = sys.stdout,
             f"{options.speed:g}x" + (" (resumed)" if resumed else ""))
         fleet = await start_fleet(fleet_config, BleAttachment(link=link), now=origin,
                                   start=demo_state.start_date,
-                                  on_device=lambda d: say(f"device      {_describe(d)}"))
+                                  on_device=lambda d: say(f"device      {_describe(d, origin)}"))
         stack.push_async_callback(fleet.close)
         await asyncio.to_thread(_provision, store, fleet, ble=bool(options.ble_devices))
 
@@ -531,9 +531,13 @@ async def _progress(store: Store, agents: Sequence[Agent]) -> str:
     return f"{total} records stored, {_stats(agents)[0]} queued at the gateways"
 
 
-def _describe(d: RunningDevice) -> str:
+def _describe(d: RunningDevice, origin: dt.datetime) -> str:
     where = d.serial.url if d.serial is not None else d.spec.address
-    return f"{d.patient:15} {d.spec.name:13} {where}  ({d.stored} stored)"
+    # The records its profile conveys as records (a CGM's annunciations travel as status
+    # flags of its readings: CGMS, CGM Measurement, Sensor Status Annunciation), so that the
+    # figures add up to the backfill's total.
+    return (f"{d.patient:15} {d.spec.name:13} {where}  "
+            f"({_device_history_count(d, origin)} records stored)")
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,6 +36,10 @@ def test_demo_delivers_everything_the_agent_read(tmp_path: Path) -> None:
     read, stored, devices = map(int, match.groups())
     assert read == stored > 500          # a day of CGM values for two patients, at least
     assert devices == 5
+    # Each device's line counts the records its history holds for the agent to read: all of
+    # them read, plus what the live minutes added.
+    history = [int(n) for n in re.findall(r"\((\d+) records stored\)", done.stdout)]
+    assert len(history) == 5 and 0 < sum(history) <= read
     assert "backfill" in done.stdout and "100.0%" in done.stdout
     assert (state / "connection.json").stat().st_mode & 0o077 == 0
     assert (state / "demo-gateway-1.password").stat().st_mode & 0o077 == 0
