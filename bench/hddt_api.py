@@ -13,7 +13,12 @@ requests/s and p50/p99 latency of
 
 the same search on a server with the response cache off (``cache_off_*``: the chunks are
 kept, the Bundle is built and encoded per request) and on one with both caches off (every
-request reads and builds its chunks), then the vendor holdup: a reading is ingested and the
+request reads and builds its chunks); then the production path (``tokens_*``): the whole web
+application (authorization server and resource server) over TLS with client certificates,
+a DiGA paired through PAR, the portal's login and consent forms and the code exchange (the
+reference client, ``bridge.diga``), and the same search with its real access token
+(signature, claims, grant and pairing looked up, client certificate compared), against a
+baseline route on that same TLS server; then the vendor holdup: a reading is ingested and the
 interface polled until it shows (blood glucose: the newest Observation; CGM: the current
 chunk). With the response cache on, the load measures the kept answer checked by its
 fingerprint query; the holdup shows that a new reading is still visible at once.
@@ -119,6 +124,100 @@ def serve(url: str, port: int, base: str, *, mode: str = "cached") -> None:
     fhir.state.hddt.close()
 
 
+#: The DiGA of the production-path run, its redirect URI and the patient's portal login.
+DIGA = "urn:diga:bfarm:99002"
+REDIRECT_URI = "https://diga.example/bench/callback"
+PORTAL_LOGIN = ("bench-patient", "bench portal passphrase")
+
+
+def serve_tokens(url: str, port: int, state: Path) -> None:
+    """The whole web application over TLS (client certificates, real tokens), with the
+    baseline route on the same server; runs until SIGTERM."""
+    import signal  # noqa: PLC0415
+    import threading  # noqa: PLC0415
+
+    from bridge.auth.settings import AuthSecrets, AuthSettings  # noqa: PLC0415
+    from bridge.hddt.settings import HddtSettings  # noqa: PLC0415
+    from bridge.web import HttpsServer, TlsFiles, create_app  # noqa: PLC0415
+
+    store = Store.open(url, migrate=False)
+    base = f"https://127.0.0.1:{port}"
+    settings = AuthSettings(issuer=base, audience=base + "/fhir", state_dir=state / "auth")
+    app = create_app(store, settings, hddt_settings=HddtSettings(rate_limit_per_minute=None),
+                     dashboard=False, secrets=AuthSecrets.load(settings.state_dir))
+    body = {"data": b""}
+
+    @app.post("/baseline")
+    async def set_baseline(request: Request) -> Response:
+        body["data"] = await request.body()
+        return Response(b"", status_code=204)
+
+    @app.get("/baseline")
+    async def baseline() -> Response:
+        return Response(body["data"], media_type="application/fhir+json; charset=utf-8")
+
+    pki = state / "pki"
+    server = HttpsServer(app, tls=TlsFiles(pki / "server.pem", pki / "server.key",
+                                           state / "client-trust.pem"),
+                         port=port, store=store, trust_refresh_s=3600)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    server.start()
+    try:
+        stop.wait()
+    finally:
+        server.stop()
+        store.close()
+
+
+def tokens_setup(store: Store, state: Path) -> Any:
+    """Sandbox PKI, the DiGA registered, the patient's portal login, the trust store; the
+    DiGA's connection (:class:`bridge.diga.connection.Connection`) without its URLs yet."""
+    from bridge.diga.connection import DigaIdentity  # noqa: PLC0415
+    from bridge.hddt.access import (  # noqa: PLC0415
+        MIV_BLOOD_GLUCOSE,
+        MIV_CONTINUOUS_GLUCOSE,
+        SCOPE_DEVICE,
+        SCOPE_DEVICE_METRIC,
+        observation_scope,
+    )
+    from bridge.web import (  # noqa: PLC0415
+        client_trust_bundle,
+        create_portal_account,
+        issue_pki,
+        register_diga,
+    )
+
+    pki = issue_pki(state / "pki", [DIGA])
+    scopes = (observation_scope(MIV_BLOOD_GLUCOSE), observation_scope(MIV_CONTINUOUS_GLUCOSE),
+              SCOPE_DEVICE, SCOPE_DEVICE_METRIC)
+    register_diga(store, DIGA, name="Bench DiGA", redirect_uris=[REDIRECT_URI], scopes=scopes,
+                  certificate_pem=pki.diga(DIGA).cert.read_text(), actor="bench")
+    create_portal_account(store, PORTAL_LOGIN[0], PORTAL_LOGIN[1], patient_id="p-bench",
+                          actor="bench")
+    client_trust_bundle(store, [pki.ca.cert], state / "client-trust.pem")
+    return DigaIdentity(client_id=DIGA, certificate=pki.diga(DIGA).cert,
+                        private_key=pki.diga(DIGA).key, redirect_uri=REDIRECT_URI,
+                        scopes=scopes), pki.ca.cert
+
+
+def pair(identity: Any, ca: Path, port: int, state: Path) -> tuple[str, Any]:
+    """Pair as a DiGA does (PAR, portal login and consent, code exchange); the access
+    token and the client's TLS context."""
+    from bridge.diga.client import DigaClient, mtls_context  # noqa: PLC0415
+    from bridge.diga.connection import Connection, PortalLogin  # noqa: PLC0415
+    from bridge.diga.state import PairingStore  # noqa: PLC0415
+
+    base = f"https://127.0.0.1:{port}"
+    login = PortalLogin("p-bench", *PORTAL_LOGIN)
+    connection = Connection(fhir_base_url=base + "/fhir", issuer=base, ca_certificate=ca,
+                            diga=identity, patients=(login,))
+    with DigaClient(connection, PairingStore(state / "diga")) as client:
+        paired = client.pair_with_portal("bench", login)
+    token: str = paired.access_token  # type: ignore[assignment]
+    return token, mtls_context(ca, identity.certificate, identity.private_key)
+
+
 # --- load generator --------------------------------------------------------------------------
 
 async def _request(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
@@ -135,15 +234,16 @@ async def _request(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
     return status, await reader.readexactly(length)
 
 
-def _raw(method: str, path: str, body: bytes = b"") -> bytes:
-    return (f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n"
+def _raw(method: str, path: str, body: bytes = b"", token: str = TOKEN) -> bytes:
+    return (f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n"
             f"Accept: application/fhir+json\r\nContent-Length: {len(body)}\r\n\r\n"
             ).encode() + body
 
 
-async def _load(port: int, path: str, *, concurrency: int, seconds: float
-                ) -> dict[str, Any]:
-    raw = _raw("GET", path)
+async def _load(port: int, path: str, *, concurrency: int, seconds: float,
+                tls: Any = None, token: str = TOKEN) -> dict[str, Any]:
+    """Keep-alive load; ``tls`` an ``ssl.SSLContext`` (one handshake per connection)."""
+    raw = _raw("GET", path, token=token)
     latencies: list[float] = []
     sizes: set[int] = set()
     errors = 0
@@ -151,7 +251,7 @@ async def _load(port: int, path: str, *, concurrency: int, seconds: float
 
     async def worker() -> None:
         nonlocal errors
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=tls)
         try:
             while time.perf_counter() < deadline:
                 t0 = time.perf_counter()
@@ -179,16 +279,17 @@ async def _load(port: int, path: str, *, concurrency: int, seconds: float
             "errors": errors, "body_bytes": max(sizes)}
 
 
-async def _get(port: int, path: str) -> tuple[int, bytes]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+async def _get(port: int, path: str, *, tls: Any = None, token: str = TOKEN
+               ) -> tuple[int, bytes]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=tls)
     try:
-        return await _request(reader, writer, _raw("GET", path))
+        return await _request(reader, writer, _raw("GET", path, token=token))
     finally:
         writer.close()
 
 
-async def _post(port: int, path: str, body: bytes) -> int:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+async def _post(port: int, path: str, body: bytes, *, tls: Any = None) -> int:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=tls)
     try:
         status, _ = await _request(reader, writer, _raw("POST", path, body))
         return status
@@ -266,6 +367,42 @@ def _run_server(url: str, mode: str, search: str, args: argparse.Namespace
         server.wait(10)
 
 
+def _run_tokens(url: str, store: Store, search: str, args: argparse.Namespace
+                ) -> dict[str, Any]:
+    """The production path: pair, then load the search with the real token over mutual
+    TLS, and the baseline on the same TLS server."""
+    import tempfile  # noqa: PLC0415
+
+    state = Path(tempfile.mkdtemp(prefix="hddt-bench-"))
+    identity, ca = tokens_setup(store, state)
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, __file__, "--serve-tokens", url, str(port), str(state)],
+        env=os.environ | {"PYTHONPATH": str(ROOT)})
+    try:
+        _wait_port(port)
+        started = time.perf_counter()
+        token, tls = pair(identity, ca, port, state)
+        pairing_s = time.perf_counter() - started
+        status, body = asyncio.run(_get(port, search, tls=tls, token=token))
+        doc = json.loads(body)
+        chunks = sum(e["search"]["mode"] == "match" for e in doc.get("entry", []))
+        assert status == 200 and chunks == 24, (status, body[:300])
+        refused, _ = asyncio.run(_get(port, search, tls=tls, token=token[:-4] + "AAAA"))
+        assert refused == 401, refused  # the token is really checked
+        posted = asyncio.run(_post(port, "/baseline", body, tls=tls))
+        assert posted == 204, posted
+        fhir = asyncio.run(_load(port, search, concurrency=args.concurrency,
+                                 seconds=args.seconds, tls=tls, token=token))
+        base = asyncio.run(_load(port, "/baseline", concurrency=args.concurrency,
+                                 seconds=args.seconds, tls=tls, token=token))
+    finally:
+        server.terminate()
+        server.wait(10)
+        shutil.rmtree(state, ignore_errors=True)
+    return {"search": fhir, "baseline": base, "pairing_s": pairing_s}
+
+
 def z(value: dt.datetime) -> str:
     return value.strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -305,6 +442,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--serve", nargs=4, metavar=("URL", "PORT", "BASE", "MODE"),
                         help=argparse.SUPPRESS)
+    parser.add_argument("--serve-tokens", nargs=3, metavar=("URL", "PORT", "STATE"),
+                        help=argparse.SUPPRESS)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--days", type=int, default=7, help="days of CGM data stored")
@@ -313,6 +452,10 @@ def main() -> None:
     if args.serve:
         url, port, base, mode = args.serve
         serve(url, int(port), base, mode=mode)
+        return
+    if args.serve_tokens:
+        url, port, state = args.serve_tokens
+        serve_tokens(url, int(port), Path(state))
         return
     if not postgres_available():
         sys.exit("PostgreSQL server binaries are needed (initdb, pg_ctl)")
@@ -364,6 +507,15 @@ def main() -> None:
             ratio = fhir["requests_per_s"] / base_run["requests_per_s"]
             print(f"ratio to baseline: {ratio:.2f} (response cache off: "
                   f"{off['requests_per_s'] / base_run['requests_per_s']:.2f})", flush=True)
+            tokens = _run_tokens(url, store, search, args)
+            t_fhir, t_base = tokens["search"], tokens["baseline"]
+            t_ratio = t_fhir["requests_per_s"] / t_base["requests_per_s"]
+            print(f"production path (mutual TLS, real access token; paired in "
+                  f"{tokens['pairing_s']:.2f} s): search {t_fhir['requests_per_s']:,.0f} "
+                  f"requests/s, p50 {t_fhir['p50_ms']:.1f} ms, p99 {t_fhir['p99_ms']:.1f} ms "
+                  f"({t_fhir['errors']} errors); baseline over the same TLS "
+                  f"{t_base['requests_per_s']:,.0f} requests/s; ratio {t_ratio:.2f}",
+                  flush=True)
             hold = asyncio.run(holdup(store, port, now))
             print(f"vendor holdup (ingest commit -> visible): blood glucose "
                   f"{1000 * hold['bg_s']:.1f} ms (limit 60 s), CGM {1000 * hold['cgm_s']:.1f} ms "
@@ -390,6 +542,12 @@ def main() -> None:
         "search_no_chunk_cache_p50_ms": round(cold["p50_ms"], 2),
         "search_no_chunk_cache_p99_ms": round(cold["p99_ms"], 2),
         "body_bytes": fhir["body_bytes"], "chunks": chunks, "errors": fhir["errors"],
+        "tokens_search_requests_per_s": round(t_fhir["requests_per_s"], 1),
+        "tokens_search_p50_ms": round(t_fhir["p50_ms"], 2),
+        "tokens_search_p99_ms": round(t_fhir["p99_ms"], 2),
+        "tokens_baseline_requests_per_s": round(t_base["requests_per_s"], 1),
+        "tokens_ratio_vs_baseline": round(t_ratio, 3),
+        "tokens_errors": t_fhir["errors"], "tokens_pairing_s": round(tokens["pairing_s"], 2),
         "holdup_blood_glucose_ms": round(1000 * hold["bg_s"], 1),
         "holdup_cgm_ms": round(1000 * hold["cgm_s"], 1),
     }))

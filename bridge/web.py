@@ -68,7 +68,7 @@ def create_app(store: Store, settings: AuthSettings, *, hddt_settings: Any | Non
     secrets = secrets or AuthSecrets.load(settings.state_dir)
     server = HddtAuthorizationServer(store, settings, secrets)
     resolver = JwtAccessResolver(store, server.signer)
-    closers: list[Any] = []
+    closers: list[Any] = [resolver.close]
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

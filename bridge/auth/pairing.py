@@ -19,7 +19,7 @@ import datetime as dt
 import hashlib
 import hmac
 import secrets
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -333,26 +333,49 @@ class AccessState:
     consent_revoked: bool
 
 
+def _access_state_query(jti: Any) -> sa.Select[Any]:
+    return (sa.select(oauth_grants.c.revoked_at.label("grant_revoked_at"), pairings.c.id,
+                      pairings.c.patient_id, pairings.c.client_id, pairings.c.scopes,
+                      pairings.c.expires_at, pairings.c.revoked_at, diga_clients.c.active,
+                      diga_clients.c.certificate_sha256)
+            .select_from(access_tokens)
+            .join(oauth_grants, oauth_grants.c.id == access_tokens.c.grant_id)
+            .join(pairings, pairings.c.id == oauth_grants.c.pairing_id)
+            .join(diga_clients, diga_clients.c.client_id == pairings.c.client_id)
+            .where(access_tokens.c.jti == jti))
+
+
 def access_state(conn: Connection, jti: str) -> AccessState | None:
-    q = (sa.select(oauth_grants.c.revoked_at.label("grant_revoked_at"), pairings.c.id,
-                   pairings.c.patient_id, pairings.c.client_id, pairings.c.scopes,
-                   pairings.c.expires_at, pairings.c.revoked_at, diga_clients.c.active,
-                   diga_clients.c.certificate_sha256)
-         .select_from(access_tokens)
-         .join(oauth_grants, oauth_grants.c.id == access_tokens.c.grant_id)
-         .join(pairings, pairings.c.id == oauth_grants.c.pairing_id)
-         .join(diga_clients, diga_clients.c.client_id == pairings.c.client_id)
-         .where(access_tokens.c.jti == jti))
-    row = conn.execute(q).first()
-    if row is None:
-        return None
-    return AccessState(grant_revoked=row.grant_revoked_at is not None, pairing_id=row.id,
-                       patient_id=row.patient_id, client_id=row.client_id,
-                       client_active=bool(row.active),
-                       client_certificate_sha256=row.certificate_sha256,
-                       consent_scopes=tuple(row.scopes),
-                       consent_expires_at=row.expires_at,
-                       consent_revoked=row.revoked_at is not None)
+    row = conn.execute(_access_state_query(jti)).first()
+    return None if row is None else access_state_from_row(tuple(row))
+
+
+def access_state_from_row(row: Sequence[Any]) -> AccessState:
+    """The :class:`AccessState` of one row of :func:`access_state`'s query, read through
+    SQLAlchemy or straight from psycopg (:data:`ACCESS_STATE_SQL_POSTGRESQL`)."""
+    (grant_revoked_at, pairing_id, patient_id, client_id, scopes, expires_at, revoked_at,
+     active, certificate_sha256) = row
+    if isinstance(expires_at, str):  # raw SQLite text (naive UTC)
+        expires_at = dt.datetime.fromisoformat(expires_at)
+    expires_at = (expires_at.replace(tzinfo=dt.UTC) if expires_at.tzinfo is None
+                  else expires_at.astimezone(dt.UTC))
+    return AccessState(grant_revoked=grant_revoked_at is not None, pairing_id=pairing_id,
+                       patient_id=patient_id, client_id=client_id,
+                       client_active=bool(active),
+                       client_certificate_sha256=certificate_sha256,
+                       consent_scopes=tuple(scopes), consent_expires_at=expires_at,
+                       consent_revoked=revoked_at is not None)
+
+
+def _compiled_access_state_sql() -> str:
+    from sqlalchemy.dialects.postgresql import psycopg  # noqa: PLC0415
+
+    return str(_access_state_query(sa.bindparam("jti", type_=sa.String()))
+               .compile(dialect=psycopg.dialect()))  # type: ignore[no-untyped-call]
+
+
+#: :func:`access_state`'s query for a psycopg connection of its own (parameter ``jti``).
+ACCESS_STATE_SQL_POSTGRESQL = _compiled_access_state_sql()
 
 
 #: Expired artefacts are kept this long before :func:`purge_expired` deletes them (a code

@@ -18,8 +18,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import hashlib
 import secrets
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -34,7 +37,12 @@ from sqlalchemy.engine import Connection
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection
 
-from bridge.auth.pairing import AccessState, access_state
+from bridge.auth.pairing import (
+    ACCESS_STATE_SQL_POSTGRESQL,
+    AccessState,
+    access_state,
+    access_state_from_row,
+)
 from bridge.auth.scopes import scope_text
 from bridge.auth.settings import REFRESH_TOKEN_LIFETIME_S, AuthSettings
 from bridge.backend.store import Store
@@ -44,6 +52,7 @@ from bridge.hddt.access import (
     bearer_token,
     client_certificate_chain,
 )
+from bridge.hddt.loop_reads import LoopReads
 
 ALGORITHM = "ES256"
 ACCESS_TYPE = "at+jwt"
@@ -63,8 +72,11 @@ NO_CLIENT_CERTIFICATE = "No client certificate on this connection (mutual TLS is
 FOREIGN_CERTIFICATE = "The client certificate does not belong to the token's client"
 
 
+@functools.lru_cache(maxsize=256)
 def leaf_sha256(pem: str) -> str | None:
-    """SHA-256 of a PEM certificate's DER bytes (hex), or None when it is not a certificate."""
+    """SHA-256 of a PEM certificate's DER bytes (hex), or None when it is not a certificate.
+    Kept for the few certificates a server sees (each DiGA presents its own on every
+    request)."""
     try:
         cert = x509.load_pem_x509_certificate(pem.encode("ascii"))
     except (ValueError, UnicodeEncodeError):
@@ -84,14 +96,41 @@ class IssuedToken:
     expires_at: dt.datetime
 
 
+#: Access tokens whose signature was verified, kept by their exact text (a DiGA presents the
+#: same token on every request until it expires).
+VERIFIED_TOKENS = 4096
+
+
 class TokenSigner:
     """Signs and checks this server's tokens with one EC P-256 key (``kid``: RFC 7638
-    thumbprint)."""
+    thumbprint).
+
+    An access token's signature is verified once: the decoded header and claims are kept by
+    the token's exact text (at most :data:`VERIFIED_TOKENS`, least recently used first out),
+    and every use checks type, issuer, audience, expiry and not-before again. Only tokens
+    that verified are kept, so a forged one costs a verification every time and displaces
+    nothing."""
 
     def __init__(self, key: ec.EllipticCurvePrivateKey, settings: AuthSettings) -> None:
         self.key = ECKey.import_key(key)
         self.kid = self.key.thumbprint()
         self.settings = settings
+        self._verified: OrderedDict[str, tuple[dict[str, Any], dict[str, Any]]] = OrderedDict()
+        self._verified_lock = threading.Lock()
+
+    def _decode_access(self, token: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        with self._verified_lock:
+            kept = self._verified.get(token)
+            if kept is not None:
+                self._verified.move_to_end(token)
+                return kept
+        decoded = self._decode(token)
+        if decoded is not None:
+            with self._verified_lock:
+                self._verified[token] = decoded
+                while len(self._verified) > VERIFIED_TOKENS:
+                    self._verified.popitem(last=False)
+        return decoded
 
     def jwks(self) -> dict[str, Any]:
         """The public key set served at ``/jwks``."""
@@ -144,7 +183,7 @@ class TokenSigner:
 
     def access_claims(self, token: str, now: dt.datetime) -> dict[str, Any]:
         """The claims of a valid access token, or :class:`AccessDenied` with the HDDT text."""
-        decoded = self._decode(token)
+        decoded = self._decode_access(token)
         if decoded is None:
             raise AccessDenied(401, "invalid_token", NOT_SIGNED_JWT)
         header, claims = decoded
@@ -167,7 +206,7 @@ class TokenSigner:
         for name in ("sub", "jti", "scope", "client_id"):
             if not isinstance(claims.get(name), str):
                 raise AccessDenied(401, "invalid_token", MISSING_CLAIMS)
-        return claims
+        return dict(claims)  # the kept claims stay as verified
 
 
 @contextlib.contextmanager
@@ -187,21 +226,44 @@ class JwtAccessResolver:
     registered for the token's ``client_id`` (security-and-privacy.md: certificate and
     client_id in the same DiGA-VZ entry). Granted scopes are the token's, narrowed to the
     pairing's current consent.
+
+    The grant and pairing are looked up on every request, so that a revocation holds at
+    once. On PostgreSQL the lookup runs over asyncio connections of its own
+    (:class:`~bridge.hddt.loop_reads.LoopReads`, ``loop_connections`` of them): a worker
+    thread and a pooled blocking connection per request cost several times more
+    (bench/hddt_api.py, ``tokens_*``). Elsewhere, or when such a connection fails, the
+    lookup runs in a worker thread.
     """
 
-    def __init__(self, store: Store, signer: TokenSigner) -> None:
+    def __init__(self, store: Store, signer: TokenSigner, *, loop_connections: int = 4) -> None:
         self.store = store
         self.signer = signer
+        self.loop_reads = (LoopReads(store.engine.url, loop_connections)
+                           if loop_connections > 0 and store.engine.dialect.name == "postgresql"
+                           else None)
+
+    def close(self) -> None:
+        """Close the event loop's connections."""
+        if self.loop_reads is not None:
+            self.loop_reads.close()
 
     def _state(self, jti: str) -> AccessState | None:
         with reading(self.store) as conn:
             return access_state(conn, jti)
 
+    async def _lookup(self, jti: str) -> AccessState | None:
+        reads = self.loop_reads
+        if reads is not None:
+            rows = await reads.fetch_rows(ACCESS_STATE_SQL_POSTGRESQL, {"jti": jti}, limit=1)
+            if rows is not None:
+                return access_state_from_row(rows[0]) if rows else None
+        return await run_in_threadpool(self._state, jti)
+
     async def resolve(self, connection: HTTPConnection) -> AccessGrant:
         token = bearer_token(connection)
         now = dt.datetime.now(dt.UTC)
         claims = self.signer.access_claims(token, now)
-        state = await run_in_threadpool(self._state, claims["jti"])
+        state = await self._lookup(claims["jti"])
         if (state is None or state.grant_revoked or state.consent_revoked
                 or not state.client_active or now >= state.consent_expires_at
                 or state.pairing_id != claims["sub"] or state.client_id != claims["client_id"]):

@@ -1,11 +1,13 @@
-"""One-row PostgreSQL queries on the event loop without blocking it.
+"""Small PostgreSQL queries on the event loop without blocking it.
 
 The response cache checks every kept answer with one fingerprint query
-(:mod:`bridge.hddt.response_cache`). Run on a blocking connection, the event loop stands
-still for the whole round trip, PostgreSQL's work included; handing the query to a worker
-thread costs more than the query. Over psycopg's asyncio connections the loop serves other
-requests while PostgreSQL works (measured by bench/hddt_api.py). A few connections are used
-in turn, so that checks of concurrent requests run side by side.
+(:mod:`bridge.hddt.response_cache`), and the token resolver looks up every access token's
+grant and pairing (:class:`bridge.auth.tokens.JwtAccessResolver`). Run on a blocking
+connection, the event loop stands still for the whole round trip, PostgreSQL's work
+included; handing the query to a worker thread costs more than the query. Over psycopg's
+asyncio connections the loop serves other requests while PostgreSQL works (measured by
+bench/hddt_api.py). A few connections are used in turn, so that queries of concurrent
+requests run side by side.
 
 The connections belong to one event loop: on another loop (a test client's private loop)
 they are replaced. A connection that fails is dropped; the caller then answers the slower,
@@ -37,7 +39,14 @@ class LoopReads:
 
     async def fetch_one(self, sql: str, params: Any) -> tuple[Any, ...] | None:
         """The one row of ``sql``; None when the database could not answer (logged by the
-        caller's slower path, which asks again)."""
+        caller's slower path, which asks again) or there was no row."""
+        rows = await self.fetch_rows(sql, params, limit=1)
+        return rows[0] if rows else None
+
+    async def fetch_rows(self, sql: str, params: Any, *, limit: int | None = None
+                         ) -> list[tuple[Any, ...]] | None:
+        """The rows of ``sql`` (at most ``limit``); None when the database could not
+        answer, so that a caller tells "no row" from "no answer"."""
         conn = await self._connection()
         if conn is None:
             return None
@@ -45,14 +54,14 @@ class LoopReads:
             cur = conn.cursor()
             try:
                 await cur.execute(sql, params)
-                row = await cur.fetchone()
+                rows = await (cur.fetchall() if limit is None else cur.fetchmany(limit))
             finally:
                 await cur.close()
         except psycopg.Error:
             self.failures += 1
             self._drop(conn)
             return None
-        return None if row is None else tuple(row)
+        return [tuple(row) for row in rows]
 
     async def _connection(self) -> psycopg.AsyncConnection[Any] | None:
         loop = asyncio.get_running_loop()
