@@ -47,6 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 # The private PostgreSQL launcher lives with the tests; run from a checkout.
+from fastapi import FastAPI  # noqa: E402
 from starlette.requests import Request  # noqa: E402
 from starlette.responses import Response  # noqa: E402
 
@@ -80,11 +81,24 @@ MODES = {
 }
 
 
+def add_baseline(app: FastAPI) -> None:
+    """``POST /baseline`` sets a body that ``GET /baseline`` then answers as it is."""
+    body = {"data": b""}
+
+    @app.post("/baseline")
+    async def set_baseline(request: Request) -> Response:
+        body["data"] = await request.body()
+        return Response(b"", status_code=204)
+
+    @app.get("/baseline")
+    async def baseline() -> Response:
+        return Response(body["data"], media_type="application/fhir+json; charset=utf-8")
+
+
 def serve(url: str, port: int, base: str, *, mode: str = "cached") -> None:
     """uvicorn with the FHIR app at /fhir and the baseline at /baseline, in one of
     :data:`MODES`."""
     import uvicorn  # noqa: PLC0415
-    from fastapi import FastAPI  # noqa: PLC0415
 
     from bridge.hddt.access import (  # noqa: PLC0415
         MIV_BLOOD_GLUCOSE,
@@ -108,16 +122,7 @@ def serve(url: str, port: int, base: str, *, mode: str = "cached") -> None:
     fhir = create_fhir_app(store, HddtSettings(**settings),
                            StaticAccessResolver({TOKEN: grant}), base_url=base + "/fhir")
     app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
-    body = {"data": b""}
-
-    @app.post("/baseline")
-    async def set_baseline(request: Request) -> Response:
-        body["data"] = await request.body()
-        return Response(b"", status_code=204)
-
-    @app.get("/baseline")
-    async def baseline() -> Response:
-        return Response(body["data"], media_type="application/fhir+json; charset=utf-8")
+    add_baseline(app)
 
     app.mount("/fhir", fhir)
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
@@ -145,16 +150,7 @@ def serve_tokens(url: str, port: int, state: Path) -> None:
     settings = AuthSettings(issuer=base, audience=base + "/fhir", state_dir=state / "auth")
     app = create_app(store, settings, hddt_settings=HddtSettings(rate_limit_per_minute=None),
                      dashboard=False, secrets=AuthSecrets.load(settings.state_dir))
-    body = {"data": b""}
-
-    @app.post("/baseline")
-    async def set_baseline(request: Request) -> Response:
-        body["data"] = await request.body()
-        return Response(b"", status_code=204)
-
-    @app.get("/baseline")
-    async def baseline() -> Response:
-        return Response(body["data"], media_type="application/fhir+json; charset=utf-8")
+    add_baseline(app)
 
     pki = state / "pki"
     server = HttpsServer(app, tls=TlsFiles(pki / "server.pem", pki / "server.key",
