@@ -1,20 +1,24 @@
 """The ``[api]`` and ``[auth]`` tables of the backend TOML: the HTTPS server and the
 authorization server (``configs/backend.toml`` documents every key).
 
-Checked like the rest of the file (:mod:`bridge.backend.config`): every problem names the
-file and the dotted key; unknown keys are refused; relative paths are relative to the file.
+Checked like the rest of the file (:mod:`bridge.backend.config`), with the shared
+:class:`~bridge.tomlconfig.TomlTable`: every problem names the file and the dotted key;
+unknown keys are refused; relative paths are relative to the file.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from bridge.auth.settings import DEFAULT_PROXY_CERT_HEADER, AuthSettings
-from bridge.backend.config import BackendConfig, ConfigError, _Table, parse_config
+from bridge.backend.config import BackendConfig, ConfigError, parse_config
+from bridge.tomlconfig import Bounds, TomlTable, Wording
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,10 +45,27 @@ class ServeConfig:
     directory_file: Path | None = None
 
 
-def _paths(t: _Table, name: str, base: Path, check_files: bool) -> tuple[Path, ...]:
-    value = t.data.get(name, [])
-    t.used.add(name)
-    values = [value] if isinstance(value, str) else value
+class _Wording(Wording):
+    """The backend file's wording for integers (``expected at least 30, got 7``), so that
+    every table of the one file reads alike."""
+
+    def out_of_range(self, kind: Literal["integer", "number"], value: float,
+                     bounds: Bounds) -> str:
+        if kind == "number":
+            return super().out_of_range(kind, value, bounds)
+        if bounds.too_low(value):
+            return f"expected at least {bounds.lo}{bounds.why}, got {value!r}"
+        return f"expected at most {bounds.hi}, got {value!r}"
+
+
+def _root(data: Mapping[str, Any], source: str) -> TomlTable:
+    return TomlTable(data, wording=_Wording(),
+                     error=lambda key, message: ConfigError(source, key or None, message))
+
+
+def _paths(t: TomlTable, name: str, base: Path, check_files: bool) -> tuple[Path, ...]:
+    value = t.raw(name)
+    values = [] if value is None else [value] if isinstance(value, str) else value
     if not isinstance(values, list) or not all(isinstance(v, str) and v for v in values):
         raise t.fail(name, f"expected a path or a list of paths, got {value!r}")
     out = tuple(Path(v).expanduser() if Path(v).expanduser().is_absolute()
@@ -55,7 +76,7 @@ def _paths(t: _Table, name: str, base: Path, check_files: bool) -> tuple[Path, .
     return out
 
 
-def _file(t: _Table, name: str, base: Path, check_files: bool) -> Path:
+def _file(t: TomlTable, name: str, base: Path, check_files: bool) -> Path:
     path = t.path(name, base)
     if path is None:
         raise t.fail(name, "missing; expected a PEM file")
@@ -64,10 +85,10 @@ def _file(t: _Table, name: str, base: Path, check_files: bool) -> Path:
     return path
 
 
-def _api(t: _Table, base: Path, check_files: bool) -> tuple[ApiConfig, str]:
-    host = cast("str", t.text("host", "127.0.0.1"))
-    port = t.integer("port", 8443, minimum=1, maximum=65535)
-    public_url = cast("str", t.text("public_url", f"https://{host}:{port}")).rstrip("/")
+def _api(t: TomlTable, base: Path, check_files: bool) -> tuple[ApiConfig, str]:
+    host = t.text("host", "127.0.0.1")
+    port = t.integer("port", 8443, lo=1, hi=65535)
+    public_url = t.text("public_url", f"https://{host}:{port}").rstrip("/")
     parts = urlsplit(public_url)
     if parts.scheme != "https" or not parts.netloc or parts.query or parts.fragment:
         raise t.fail("public_url", f"expected https://HOST[:PORT][/PATH], got {public_url!r}")
@@ -78,7 +99,21 @@ def _api(t: _Table, base: Path, check_files: bool) -> tuple[ApiConfig, str]:
     return api, public_url
 
 
-def _auth(t: _Table, base: Path, issuer: str, proxies: tuple[str, ...],
+def _proxies(t: TomlTable) -> tuple[str, ...]:
+    value = t.raw("trusted_proxies")
+    proxies = [] if value is None else value
+    if not isinstance(proxies, list) or not all(isinstance(p, str) for p in proxies):
+        raise t.fail("trusted_proxies", "expected a list of IP addresses or networks")
+    for proxy in proxies:
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except ValueError:
+            raise t.fail("trusted_proxies",
+                         f"not an IP address or network: {proxy!r}") from None
+    return tuple(proxies)
+
+
+def _auth(t: TomlTable, base: Path, issuer: str, proxies: tuple[str, ...],
           proxy_header: str) -> tuple[AuthSettings, Path | None]:
     state_dir = t.path("state_dir", base)
     if state_dir is None:
@@ -86,13 +121,17 @@ def _auth(t: _Table, base: Path, issuer: str, proxies: tuple[str, ...],
                                   "Pairing ID salt and the session key")
     settings = AuthSettings(
         issuer=issuer, audience=f"{issuer}/fhir", state_dir=state_dir,
-        access_token_lifetime_s=t.integer("access_token_lifetime_s", 600, minimum=30,
-                                          maximum=24 * 3600),
-        par_lifetime_s=t.integer("par_lifetime_s", 600, minimum=10, maximum=3600),
-        code_lifetime_s=t.integer("code_lifetime_s", 60, minimum=5, maximum=600),
-        session_lifetime_s=t.integer("session_lifetime_s", 1800, minimum=60,
-                                     maximum=24 * 3600),
-        service_documentation=t.text("service_documentation"),
+        access_token_lifetime_s=t.integer("access_token_lifetime_s", 600, lo=30,
+                                          hi=24 * 3600),
+        par_lifetime_s=t.integer("par_lifetime_s", 600, lo=10, hi=3600),
+        code_lifetime_s=t.integer("code_lifetime_s", 60, lo=5, hi=600),
+        session_lifetime_s=t.integer("session_lifetime_s", 1800, lo=60, hi=24 * 3600),
+        login_max_failures=t.integer("login_max_failures", 5, lo=1, hi=100),
+        login_failure_window_s=t.integer("login_failure_window_s", 900, lo=60,
+                                         hi=24 * 3600),
+        login_max_failures_per_address=t.integer("login_max_failures_per_address", 50,
+                                                 lo=0, hi=100_000),
+        service_documentation=t.opt_text("service_documentation"),
         trusted_proxies=proxies, proxy_cert_header=proxy_header)
     directory = t.path("directory_file", base)
     return settings, directory
@@ -101,26 +140,14 @@ def _auth(t: _Table, base: Path, issuer: str, proxies: tuple[str, ...],
 def parse_serve_config(data: dict[str, Any], source: str, base: Path, *,
                        check_files: bool = True) -> ServeConfig:
     backend = parse_config(data, source, base, check_files=check_files)
-    root = _Table(source, "", data)
+    root = _root(data, source)
     api_table = root.table("api", required=True)
     api, issuer = _api(api_table, base, check_files)
-    proxies_value = api_table.data.get("trusted_proxies", [])
-    api_table.used.add("trusted_proxies")
-    if not isinstance(proxies_value, list) or not all(isinstance(p, str)
-                                                      for p in proxies_value):
-        raise api_table.fail("trusted_proxies", "expected a list of IP addresses or networks")
-    import ipaddress  # noqa: PLC0415
-
-    for proxy in proxies_value:
-        try:
-            ipaddress.ip_network(proxy, strict=False)
-        except ValueError:
-            raise api_table.fail("trusted_proxies", f"not an IP address or network: "
-                                                    f"{proxy!r}") from None
-    header = cast("str", api_table.text("proxy_cert_header", DEFAULT_PROXY_CERT_HEADER))
+    proxies = _proxies(api_table)
+    header = api_table.text("proxy_cert_header", DEFAULT_PROXY_CERT_HEADER)
     api_table.finish()
     auth_table = root.table("auth", required=True)
-    auth, directory = _auth(auth_table, base, issuer, tuple(proxies_value), header)
+    auth, directory = _auth(auth_table, base, issuer, proxies, header)
     auth_table.finish()
     return ServeConfig(backend=backend, api=api, auth=auth, directory_file=directory)
 

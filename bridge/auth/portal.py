@@ -11,6 +11,9 @@ patient"; authorization-server-authorization-endpoint.md).
   pushed request, which was checked against the directory.
 * Sessions are signed cookies (HMAC-SHA-256 under the server's session key; HttpOnly,
   Secure, SameSite=Lax) carrying the patient id, the CSRF token and an expiry.
+* Failed logins are throttled per login name and per client address
+  (:func:`bridge.auth.accounts.throttled_login`): a locked name gets 429 with Retry-After,
+  the same page whether or not the name exists, even for the right password.
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ import base64
 import datetime as dt
 import hashlib
 import hmac
+import ipaddress
 import json
+import math
 import secrets
 import time
 from dataclasses import dataclass
@@ -33,7 +38,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from bridge.auth import pairing as rows
-from bridge.auth.accounts import authenticate
+from bridge.auth.accounts import LoginLimits, LoginRefused, throttled_login
 from bridge.auth.directory import get_client, list_clients
 from bridge.auth.errors import OAuthError
 from bridge.auth.portal_templates import TEMPLATES
@@ -122,10 +127,32 @@ def safe_next(target: str | None) -> str:
     return target
 
 
+def client_address(request: Request,
+                   proxies: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> str:
+    """The address a request came from: the peer's, or behind a trusted reverse proxy the
+    last address that proxy appended to ``X-Forwarded-For`` (what earlier hops wrote there
+    could be made up by the client)."""
+    peer = request.client.host if request.client is not None else ""
+    try:
+        trusted = any(ipaddress.ip_address(peer) in net for net in proxies)
+    except ValueError:
+        trusted = False
+    if trusted:
+        forwarded = ",".join(request.headers.getlist("x-forwarded-for")).split(",")
+        last = forwarded[-1].strip()
+        try:
+            return str(ipaddress.ip_address(last))
+        except ValueError:
+            pass
+    return peer or "unknown"
+
+
 def portal_routes(server: HddtAuthorizationServer) -> list[BaseRoute]:
     """``/authorize`` and ``/portal/...`` routes."""
     settings = server.settings
     codec = SessionCodec(server.secrets.session_key, settings.session_lifetime_s)
+    limits = LoginLimits.of(settings)
+    proxies = [ipaddress.ip_network(p, strict=False) for p in settings.trusted_proxies]
 
     def session_of(request: Request) -> Session | None:
         return codec.load(request.cookies.get(COOKIE))
@@ -186,11 +213,23 @@ def portal_routes(server: HddtAuthorizationServer) -> list[BaseRoute]:
         username, password = str(form.get("username", "")), str(form.get("password", ""))
         target = safe_next(str(form.get("next", "")))
 
-        def check() -> str | None:
-            with reading(server.store) as conn:
-                return authenticate(conn, username, password)
+        address = client_address(request, proxies)
+
+        def check() -> str | LoginRefused | None:
+            return throttled_login(server.store, username, password, client_address=address,
+                                   limits=limits)
 
         patient_id = await run_in_threadpool(check)
+        if isinstance(patient_id, LoginRefused):
+            # The same words for a known and an unknown name, and for a name or an address
+            # limit: the page tells nothing about which accounts exist.
+            minutes = math.ceil(patient_id.retry_after_s / 60)
+            refused = render("login.html", session, 429, next=target, reason=None,
+                             error="Too many failed logins for this user name or from your "
+                                   f"network. Try again in {minutes} minute"
+                                   f"{'s' if minutes != 1 else ''}.")
+            refused.headers["Retry-After"] = str(patient_id.retry_after_s)
+            return refused
         if patient_id is None:
             return render("login.html", session, 401, next=target, reason=None,
                           error="User name or password is wrong.")

@@ -42,6 +42,14 @@ class AuthSettings:
     code_lifetime_s: int = 60
     #: A portal login lasts this long.
     session_lifetime_s: int = 1800
+    #: Portal login throttling (:mod:`bridge.auth.accounts`): this many failed logins for one
+    #: login name within ``login_failure_window_s`` refuse further attempts for it (429) until
+    #: the oldest of them is that old.
+    login_max_failures: int = 5
+    login_failure_window_s: int = 900
+    #: The same for all login names tried from one client address (0: no such limit). Higher
+    #: than the per-name limit, since patients may share an address (a carrier's NAT).
+    login_max_failures_per_address: int = 50
     service_documentation: str | None = None
     #: Client addresses of reverse proxies whose forwarded client certificate is believed.
     trusted_proxies: tuple[str, ...] = ()

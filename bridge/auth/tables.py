@@ -1,13 +1,16 @@
 """Tables of the authorization server, on the backend store's :data:`metadata`.
 
-Created by migration 0002 (``bridge/backend/migrations/versions/v0002_authorization.py``);
-the store's schema test compares the two.
+Created by migrations 0002 (``bridge/backend/migrations/versions/v0002_authorization.py``)
+and 0004 (``portal_login_failures``); the store's schema test compares them with these.
 
 * ``diga_clients`` the DiGA directory stand-in (HDDT pairing.md "Client Registration",
   security-and-privacy.md trust attributes): ``client_id`` ``urn:diga:bfarm:<5 digits>``,
   redirect URIs (exact match), allowed SMART scopes, active flag, the registered TLS client
   certificate and its SHA-256 fingerprint;
 * ``portal_accounts`` patient logins of the maker's portal (scrypt hash, salt inside);
+* ``portal_login_failures`` one row per failed (or still running) portal login within the
+  throttling window: SHA-256 of the login name as typed, client address, instant
+  (:mod:`bridge.auth.accounts`);
 * ``pairings`` one row per Pairing ID (the token ``sub``): patient, DiGA, consented scopes,
   granted and expiry instants, revocation;
 * ``par_requests`` pushed authorization requests (RFC 9126) until used or expired;
@@ -57,6 +60,21 @@ portal_accounts = sa.Table(
     sa.Column("patient_id", sa.String(ID_LEN), sa.ForeignKey("patients.id"), nullable=False),
     sa.Column("created_at", UtcDateTime, nullable=False),
     sa.Index(None, "patient_id"),
+)
+
+portal_login_failures = sa.Table(
+    "portal_login_failures", metadata,
+    # SQLite assigns row ids automatically only to a column declared exactly INTEGER.
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True,
+              autoincrement=True),
+    # Hex SHA-256 of the login name as typed (known or not): no user name kept in clear.
+    sa.Column("login_sha256", sa.String(HASH_LEN), nullable=False),
+    # IPv4 or IPv6 text (45 characters at most).
+    sa.Column("client_address", sa.String(45), nullable=False),
+    sa.Column("failed_at", UtcDateTime, nullable=False),
+    sa.Index(None, "login_sha256", "failed_at"),
+    sa.Index(None, "client_address", "failed_at"),
+    sa.Index(None, "failed_at"),
 )
 
 pairings = sa.Table(
@@ -143,6 +161,6 @@ access_tokens = sa.Table(
 )
 
 #: Every table of this module, parents first.
-AUTH_TABLES: tuple[sa.Table, ...] = (diga_clients, portal_accounts, pairings, par_requests,
-                                     oauth_grants, authorization_codes, refresh_tokens,
-                                     access_tokens)
+AUTH_TABLES: tuple[sa.Table, ...] = (diga_clients, portal_accounts, portal_login_failures,
+                                     pairings, par_requests, oauth_grants,
+                                     authorization_codes, refresh_tokens, access_tokens)

@@ -131,10 +131,11 @@ class Sandbox:
         """A client without certificate."""
         return self._client("anonymous", None)
 
-    def browser(self) -> httpx.Client:
-        """A fresh user agent (own cookies, no client certificate)."""
+    def browser(self, base_url: str | None = None) -> httpx.Client:
+        """A fresh user agent (own cookies, no client certificate), for this server or the
+        one at ``base_url``."""
         ua = httpx.Client(verify=self.tls_context(None), timeout=30.0,
-                          follow_redirects=False, base_url=self.base_url)
+                          follow_redirects=False, base_url=base_url or self.base_url)
         self.clients[f"browser-{len(self.clients)}"] = ua
         return ua
 
@@ -248,12 +249,14 @@ def running_sandbox(tmp: Path, *, digas: Mapping[str, Sequence[str]] | None = No
                     unregistered: Sequence[str] = (), self_signed: Sequence[str] = (),
                     patients: Sequence[str] = ("alice",),
                     access_token_lifetime_s: int = 600, url: str | None = None,
-                    hddt_settings: Any | None = None) -> Iterator[Sandbox]:
+                    hddt_settings: Any | None = None,
+                    auth: Mapping[str, Any] | None = None) -> Iterator[Sandbox]:
     """A store (SQLite in ``tmp`` unless ``url``), PKI, the DiGAs ``digas`` (client id ->
     allowed scopes; default A and B with every glucose scope) registered and
     ``unregistered`` ones with certificates only, those of ``self_signed`` registered with a
     self-signed certificate of their own (all scopes), a provisioned patient with a portal login
-    (user name = patient id) per name in ``patients``, and the server running."""
+    (user name = patient id) per name in ``patients``, and the server running; ``auth``
+    sets further :class:`AuthSettings` fields."""
     digas = {DIGA_A: ALL_GLUCOSE, DIGA_B: ALL_GLUCOSE} if digas is None else digas
     pki = issue_pki(tmp / "pki", [*digas, *unregistered])
     store = Store.open(url or f"sqlite:///{tmp / 'backend.sqlite'}")
@@ -274,7 +277,7 @@ def running_sandbox(tmp: Path, *, digas: Mapping[str, Sequence[str]] | None = No
     port = free_port()  # the issuer URL names the port, so it is chosen before the app
     base = f"https://127.0.0.1:{port}"
     settings = AuthSettings(issuer=base, audience=f"{base}/fhir", state_dir=tmp / "auth",
-                            access_token_lifetime_s=access_token_lifetime_s)
+                            access_token_lifetime_s=access_token_lifetime_s, **(auth or {}))
     app = create_app(store, settings, hddt_settings=hddt_settings, dashboard=False,
                      secrets=AuthSecrets.load(settings.state_dir))
     trust = client_trust_bundle(store, [pki.ca.cert], tmp / "client-trust.pem")

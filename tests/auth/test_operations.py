@@ -194,10 +194,37 @@ def test_serve_configuration_is_checked(tmp_path: Path, pki: Path) -> None:
     assert config.auth.trusted_proxies == ("10.0.0.0/8",)
     with pytest.raises(ConfigError, match=r"auth\.access_token_lifetme_s: unknown key"):
         load_serve_config(_config(tmp_path, pki, "access_token_lifetme_s = 3\n"))
-    bad = _config(tmp_path, pki).read_text().replace('"10.0.0.0/8"', '"proxy.lan"')
-    (tmp_path / "bad.toml").write_text(bad)
-    with pytest.raises(ConfigError, match=r"api\.trusted_proxies: not an IP"):
-        load_serve_config(tmp_path / "bad.toml")
+    assert (config.auth.login_max_failures, config.auth.login_failure_window_s,
+            config.auth.login_max_failures_per_address) == (5, 900, 50)
+    tuned = load_serve_config(_config(tmp_path, pki, "login_max_failures = 3\n"
+                                                     "login_failure_window_s = 600\n"
+                                                     "login_max_failures_per_address = 0\n"))
+    assert (tuned.auth.login_max_failures, tuned.auth.login_failure_window_s,
+            tuned.auth.login_max_failures_per_address) == (3, 600, 0)
+    with pytest.raises(ConfigError, match=r"auth\.login_max_failures: expected at least 1, "
+                                          r"got 0"):
+        load_serve_config(_config(tmp_path, pki, "login_max_failures = 0\n"))
+    with pytest.raises(ConfigError, match=r"auth\.login_failure_window_s: expected at most "
+                                          r"86400, got 100000"):
+        load_serve_config(_config(tmp_path, pki, "login_failure_window_s = 100000\n"))
+    # The messages of the other keys, as they were before the login keys came.
+    for old, new, message in [
+            ("access_token_lifetime_s = 300", "access_token_lifetime_s = 3",
+             r"auth\.access_token_lifetime_s: expected at least 30, got 3"),
+            ('state_dir = "auth-state"', "", r"auth\.state_dir: missing; expected the folder"),
+            ("port = 9443", "port = 70000", r"api\.port: expected at most 65535, got 70000"),
+            ('"10.0.0.0/8"', '"proxy.lan"', r"api\.trusted_proxies: not an IP"),
+            ('trusted_proxies = ["10.0.0.0/8"]', 'trusted_proxies = "10.0.0.0/8"',
+             r"api\.trusted_proxies: expected a list of IP addresses or networks"),
+            (f'client_ca = ["{pki / "ca.pem"}"]', "client_ca = 5",
+             r"api\.client_ca: expected a path or a list of paths, got 5"),
+            ("[api]\n", '[api]\npublic_url = "http://x"\n',
+             r"api\.public_url: expected https://HOST\[:PORT\]\[/PATH\], got 'http://x'"),
+            ("[api]\n", "[api]\nhost = 1\n", r"api\.host: expected a string, got 1")]:
+        bad = tmp_path / "bad.toml"
+        bad.write_text(_config(tmp_path, pki).read_text().replace(old, new))
+        with pytest.raises(ConfigError, match=message):
+            load_serve_config(bad)
 
 
 def test_commands_keep_the_directory_and_accounts(tmp_path: Path, pki: Path,

@@ -104,13 +104,13 @@ def insert(store: Store, *records: CgmReading | BloodGlucoseReading | TempBasalS
 
 def test_migrations_create_exactly_the_declared_schema(url: str) -> None:
     with Store.open(url) as store:
-        assert current_revision(store.engine) == head_revision() == "0003"
+        assert current_revision(store.engine) == head_revision() == "0004"
         with store.engine.connect() as conn:
             diff = compare_metadata(MigrationContext.configure(
                 conn, opts={"compare_type": True}), metadata)
         assert diff == []
         # Running them again changes nothing.
-        assert upgrade_to_head(store.engine) == "0003"
+        assert upgrade_to_head(store.engine) == "0004"
 
 
 def test_migrations_go_down_and_up_again(tmp_path: Path) -> None:
@@ -125,7 +125,7 @@ def test_migrations_go_down_and_up_again(tmp_path: Path) -> None:
         with engine.connect() as conn:
             assert sa.inspect(conn).get_table_names() == ["alembic_version"]
         upgrade_to_head(engine)
-        assert current_revision(engine) == "0003"
+        assert current_revision(engine) == "0004"
     finally:
         engine.dispose()
 
@@ -171,7 +171,7 @@ def test_concurrent_starts_migrate_once(pg: PostgresServer) -> None:
     assert errors == []
     engine = create_engine(url)
     try:
-        assert current_revision(engine) == "0003"
+        assert current_revision(engine) == "0004"
     finally:
         engine.dispose()
 
