@@ -46,6 +46,23 @@ from bridge.errors import (
 )
 from bridge.protocols.codec import MessageCodec, known
 from bridge.protocols.crc import crc16_mcrf4xx
+from bridge.protocols.layout import (
+    AsFloat,
+    Field,
+    Fields,
+    FloatField,
+    Rest,
+    Sint,
+    check_fields,
+    check_uint,
+    read_fields,
+    read_sfloat,
+    sfloat,
+    u8,
+    u16,
+    write_fields,
+    write_sfloat,
+)
 from bridge.protocols.mder_float import MderFloat, SFloat
 from bridge.protocols.wire import Reader, Writer
 
@@ -69,32 +86,6 @@ class IdsCharacteristic(IntEnum):
 # --------------------------------------------------------------------------------------------
 # Shared helpers
 # --------------------------------------------------------------------------------------------
-
-
-
-
-
-def read_sfloat(r: Reader, what: str) -> SFloat:
-    return SFloat.from_int(r.u16(what))
-
-
-def write_sfloat(w: Writer, value: SFloat, what: str) -> None:
-    if not isinstance(value, SFloat):
-        raise ValueOutOfRange(f"{what} must be an SFloat, not {type(value).__name__}")
-    w.u16(int(value), what)
-
-
-def check_optional(flags: int, bit: int, value: object, what: str) -> None:
-    """An optional field is present exactly when its flag bit is set (so flags round-trip)."""
-    if bool(flags & bit) != (value is not None):
-        state = "set" if flags & bit else "clear"
-        raise ValueOutOfRange(f"{what} must be {'present' if flags & bit else 'absent'} "
-                              f"when its flag bit 0x{bit:02X} is {state}")
-
-
-def check_uint(value: int | None, bits: int, what: str) -> None:
-    if value is not None and not 0 <= value < 1 << bits:
-        raise ValueOutOfRange(f"{what}={value} does not fit an unsigned {bits}-bit field")
 
 
 #: E2E-Counter (1 byte) + E2E-CRC (2 bytes) appended to every protected value.
@@ -181,7 +172,7 @@ def e2e_codecs(name: str, summary: str,
             MessageCodec(f"{name}-e2e", f"{summary}, with E2E-Counter and E2E-CRC", protected))
 
 
-def _read_op(r: Reader, allowed: Mapping[int, Any], what: str) -> int:
+def _read_op(r: Reader, allowed: Collection[int], what: str) -> int:
     start = r.offset
     op = r.u16("op code")
     if op not in allowed:
@@ -201,6 +192,61 @@ def _parse_by_op(data: bytes, e2e: bool, what: str,
     value = reader_fn(r, counter)
     r.expect_end(what)
     return value
+
+
+def _expect_op(r: Reader, op: int, what: str) -> None:
+    _read_op(r, (op,), what)
+
+
+class OpCodeOf(Field):
+    """The ``op_code`` field of a class that serves several op codes: ``u16``, one of
+    ``op_codes``, kept as a member of ``codes``. Reading any other op code raises
+    ``UnknownOpCode``, constructing with one ``ValueOutOfRange``."""
+
+    __slots__ = ("codes", "group", "op_codes")
+
+    def __init__(self, op_codes: frozenset[int], codes: type[IntEnum], group: str) -> None:
+        super().__init__("op_code")
+        self.op_codes = op_codes
+        self.codes = codes
+        self.group = group
+
+    def read(self, r: Reader) -> Any:
+        return self.codes(_read_op(r, self.op_codes, self.group))
+
+    def write(self, w: Writer, value: Any) -> None:
+        w.u16(int(value), "op code")
+
+    def check(self, value: Any) -> Any:
+        if int(value) not in self.op_codes:
+            raise ValueOutOfRange(f"op code 0x{int(value):04X} is not a {self.group} op code")
+        return self.codes(value)
+
+
+class E2EFields(E2EValue):
+    """An IDS value laid out as ``FIELDS`` (see :mod:`bridge.protocols.layout`), after its
+    ``u16`` op code when ``OP_CODE`` gives the one op code this class stands for."""
+
+    __slots__ = ()
+
+    OP_CODE: ClassVar[int | None] = None
+    FIELDS: ClassVar[Fields] = ()
+
+    def __post_init__(self) -> None:
+        check_fields(self, self.FIELDS)
+
+    @classmethod
+    def read(cls, r: Reader, e2e_counter: int | None = None) -> Self:
+        if cls.OP_CODE is not None:
+            _expect_op(r, cls.OP_CODE, cls.WHAT)
+        values = read_fields(r, cls.FIELDS)
+        values["e2e_counter"] = e2e_counter
+        return cls(**values)
+
+    def write(self, w: Writer) -> None:
+        if self.OP_CODE is not None:
+            w.u16(self.OP_CODE, "op code")
+        write_fields(w, self, self.FIELDS)
 
 
 # --------------------------------------------------------------------------------------------
@@ -295,6 +341,31 @@ class BolusFlags(IntFlag):
     BOLUS_DELIVERY_REASON_MEAL = 1 << 4
 
 
+#: Bolus type, fast and extended amount (IU) and duration (min) of Set Bolus, the Get Active
+#: Bolus Delivery Response (IDS 1.0 §3.6, §3.5) and Bolus Programmed / Delivered Part 1.
+BOLUS_AMOUNT_FIELDS: Fields = (u8("bolus_type", BolusType), sfloat("fast_amount"),
+                               sfloat("extended_amount"), u16("duration"))
+
+#: The optional tail of Set Bolus, the Get Active Bolus Delivery Response and Bolus
+#: Programmed Part 2, each present as its :class:`BolusFlags` bit says.
+BOLUS_OPTION_FIELDS: Fields = (
+    u16("delay_time", when=BolusFlags.BOLUS_DELAY_TIME_PRESENT),
+    u8("template_number", when=BolusFlags.BOLUS_TEMPLATE_NUMBER_PRESENT),
+    u8("activation_type", BolusActivationType, when=BolusFlags.BOLUS_ACTIVATION_TYPE_PRESENT))
+
+
+class BolusAmounts:
+    """The fast and extended amount of a bolus value in IU."""
+
+    __slots__ = ()
+
+    fast_amount: SFloat
+    extended_amount: SFloat
+
+    fast_amount_iu = AsFloat("fast_amount")
+    extended_amount_iu = AsFloat("extended_amount")
+
+
 class TbrType(IntEnum):
     """TBR Type (IDS 1.0 §3.6, Set TBR Adjustment)."""
 
@@ -331,24 +402,14 @@ class IddStatusChangedFlags(IntFlag):
 
 
 @dataclass(frozen=True, slots=True)
-class IddStatusChanged(E2EValue):
+class IddStatusChanged(E2EFields):
     """IDD Status Changed: one u16 bit field (+ E2E trailer)."""
 
     flags: IddStatusChangedFlags
     e2e_counter: int | None = None
 
     WHAT: ClassVar[str] = "IDD Status Changed"
-
-    def __post_init__(self) -> None:
-        check_uint(int(self.flags), 16, "status changed flags")
-        object.__setattr__(self, "flags", IddStatusChangedFlags(self.flags))
-
-    @classmethod
-    def read(cls, r: Reader, e2e_counter: int | None = None) -> Self:
-        return cls(IddStatusChangedFlags(r.u16("flags")), e2e_counter)
-
-    def write(self, w: Writer) -> None:
-        w.u16(int(self.flags), "flags")
+    FIELDS: ClassVar[Fields] = (u16("flags", IddStatusChangedFlags),)
 
 
 # --------------------------------------------------------------------------------------------
@@ -363,7 +424,7 @@ class IddStatusFlags(IntFlag):
 
 
 @dataclass(frozen=True, slots=True)
-class IddStatus(E2EValue):
+class IddStatus(E2EFields):
     """IDD Status: therapy control state, operational state, reservoir remaining (IU)."""
 
     therapy_control_state: TherapyControlState | int
@@ -373,32 +434,12 @@ class IddStatus(E2EValue):
     e2e_counter: int | None = None
 
     WHAT: ClassVar[str] = "IDD Status"
+    FIELDS: ClassVar[Fields] = (
+        u8("therapy_control_state", TherapyControlState),
+        u8("operational_state", OperationalState),
+        sfloat("reservoir_remaining_amount"), u8("flags", IddStatusFlags))
 
-    def __post_init__(self) -> None:
-        check_uint(int(self.therapy_control_state), 8, "therapy control state")
-        check_uint(int(self.operational_state), 8, "operational state")
-        check_uint(int(self.flags), 8, "status flags")
-        object.__setattr__(self, "therapy_control_state",
-                           known(TherapyControlState, self.therapy_control_state))
-        object.__setattr__(self, "operational_state",
-                           known(OperationalState, self.operational_state))
-        object.__setattr__(self, "flags", IddStatusFlags(self.flags))
-
-    @classmethod
-    def read(cls, r: Reader, e2e_counter: int | None = None) -> Self:
-        return cls(r.u8("therapy control state"), r.u8("operational state"),
-                   read_sfloat(r, "reservoir remaining amount"), IddStatusFlags(r.u8("flags")),
-                   e2e_counter)
-
-    def write(self, w: Writer) -> None:
-        w.u8(int(self.therapy_control_state), "therapy control state")
-        w.u8(int(self.operational_state), "operational state")
-        write_sfloat(w, self.reservoir_remaining_amount, "reservoir remaining amount")
-        w.u8(int(self.flags), "flags")
-
-    @property
-    def reservoir_remaining_iu(self) -> float:
-        return float(self.reservoir_remaining_amount)
+    reservoir_remaining_iu = AsFloat("reservoir_remaining_amount")
 
     @property
     def reservoir_attached(self) -> bool:
@@ -427,7 +468,7 @@ _AUX_BITS = (AnnunciationFlags.AUX_INFO_1_PRESENT, AnnunciationFlags.AUX_INFO_2_
 
 
 @dataclass(frozen=True, slots=True)
-class IddAnnunciationStatus(E2EValue):
+class IddAnnunciationStatus(E2EFields):
     """IDD Annunciation Status: the most recent annunciation and up to five AuxInfo words.
 
     Layout: ``flags u8``, then if Annunciation Present ``instance id u16``, ``type u16``,
@@ -449,63 +490,19 @@ class IddAnnunciationStatus(E2EValue):
     e2e_counter: int | None = None
 
     WHAT: ClassVar[str] = "IDD Annunciation Status"
-
-    def __post_init__(self) -> None:
-        flags = int(self.flags)
-        check_uint(flags, 8, "annunciation flags")
-        object.__setattr__(self, "flags", AnnunciationFlags(flags))
-        present = bool(flags & AnnunciationFlags.ANNUNCIATION_PRESENT)
-        for name in ("annunciation_instance_id", "annunciation_type", "annunciation_status"):
-            if (getattr(self, name) is not None) != present:
-                raise ValueOutOfRange(f"{name} must be {'present' if present else 'absent'} "
-                                      "with the Annunciation Present flag "
-                                      f"{'set' if present else 'clear'}")
-        check_uint(self.annunciation_instance_id, 16, "annunciation instance id")
-        check_uint(None if self.annunciation_type is None else int(self.annunciation_type), 16,
-                   "annunciation type")
-        check_uint(None if self.annunciation_status is None else int(self.annunciation_status),
-                   8, "annunciation status")
-        if self.annunciation_type is not None:
-            object.__setattr__(self, "annunciation_type",
-                               known(AnnunciationType, self.annunciation_type))
-        if self.annunciation_status is not None:
-            object.__setattr__(self, "annunciation_status",
-                               known(AnnunciationStatus, self.annunciation_status))
-        for i, (bit, value) in enumerate(zip(_AUX_BITS, self._aux_fields(), strict=True), 1):
-            check_optional(flags, bit, value, f"aux_info_{i}")
-            check_uint(value, 16, f"aux_info_{i}")
-
-    def _aux_fields(self) -> tuple[int | None, ...]:
-        return (self.aux_info_1, self.aux_info_2, self.aux_info_3, self.aux_info_4,
-                self.aux_info_5)
+    FIELDS: ClassVar[Fields] = (
+        u8("flags", AnnunciationFlags),
+        u16("annunciation_instance_id", when=AnnunciationFlags.ANNUNCIATION_PRESENT),
+        u16("annunciation_type", AnnunciationType, when=AnnunciationFlags.ANNUNCIATION_PRESENT),
+        u8("annunciation_status", AnnunciationStatus,
+           when=AnnunciationFlags.ANNUNCIATION_PRESENT),
+        *(u16(f"aux_info_{i}", when=bit) for i, bit in enumerate(_AUX_BITS, 1)))
 
     @property
     def aux_info(self) -> tuple[int, ...]:
         """The AuxInfo words that are present, in order."""
-        return tuple(v for v in self._aux_fields() if v is not None)
-
-    @classmethod
-    def read(cls, r: Reader, e2e_counter: int | None = None) -> Self:
-        flags = r.u8("flags")
-        ident = a_type = a_status = None
-        if flags & AnnunciationFlags.ANNUNCIATION_PRESENT:
-            ident = r.u16("annunciation instance id")
-            a_type = r.u16("annunciation type")
-            a_status = r.u8("annunciation status")
-        a1, a2, a3, a4, a5 = (r.u16(f"aux info {i}") if flags & bit else None
-                              for i, bit in enumerate(_AUX_BITS, 1))
-        return cls(AnnunciationFlags(flags), ident, a_type, a_status, a1, a2, a3, a4, a5,
-                   e2e_counter)
-
-    def write(self, w: Writer) -> None:
-        w.u8(int(self.flags), "flags")
-        if self.annunciation_instance_id is not None:
-            w.u16(self.annunciation_instance_id, "annunciation instance id")
-            w.u16(int(self.annunciation_type or 0), "annunciation type")
-            w.u8(int(self.annunciation_status or 0), "annunciation status")
-        for i, value in enumerate(self._aux_fields(), 1):
-            if value is not None:
-                w.u16(value, f"aux info {i}")
+        return tuple(v for v in (self.aux_info_1, self.aux_info_2, self.aux_info_3,
+                                 self.aux_info_4, self.aux_info_5) if v is not None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -577,9 +574,7 @@ class IddFeatures:
     def e2e_supported(self) -> bool:
         return IddFeatureFlags.E2E_PROTECTION_SUPPORTED in self.flags
 
-    @property
-    def insulin_concentration_iu_per_ml(self) -> float:
-        return float(self.insulin_concentration)
+    insulin_concentration_iu_per_ml = AsFloat("insulin_concentration")
 
     def _protected_part(self) -> bytes:
         w = Writer().u8(self.e2e_counter, "E2E-Counter")
@@ -682,8 +677,14 @@ class CounterValueSelection(IntEnum):
     ELAPSED = 0x33
 
 
+#: Counter type and value selection of Get Counter and its response (IDS 1.0 §3.5).
+_COUNTER_FIELDS: Fields = (u8("counter_type", CounterType),
+                           u8("value_selection", CounterValueSelection,
+                              what="counter value selection"))
+
+
 @dataclass(frozen=True, slots=True)
-class StatusReaderRequest(E2EValue):
+class StatusReaderRequest(E2EFields):
     """A Status Reader request without operand (the Get … procedures that take none)."""
 
     op_code: StatusReaderOpCode
@@ -697,49 +698,23 @@ class StatusReaderRequest(E2EValue):
         StatusReaderOpCode.GET_DELIVERED_INSULIN,
         StatusReaderOpCode.GET_INSULIN_ON_BOARD,
     })
-
-    def __post_init__(self) -> None:
-        if self.op_code not in self.OP_CODES:
-            raise ValueOutOfRange(f"op code {self.op_code!r} takes an operand or is a response")
-        object.__setattr__(self, "op_code", StatusReaderOpCode(self.op_code))
-
-    @classmethod
-    def read(cls, r: Reader, e2e_counter: int | None = None) -> Self:
-        return cls(StatusReaderOpCode(_read_op(r, dict.fromkeys(cls.OP_CODES), cls.WHAT)),
-                   e2e_counter)
-
-    def write(self, w: Writer) -> None:
-        w.u16(int(self.op_code), "op code")
-
-
-def _expect_op(r: Reader, op: int, what: str) -> None:
-    _read_op(r, {op: None}, what)
+    FIELDS: ClassVar[Fields] = (OpCodeOf(OP_CODES, StatusReaderOpCode, WHAT),)
 
 
 @dataclass(frozen=True, slots=True)
-class ResetStatus(E2EValue):
+class ResetStatus(E2EFields):
     """Reset Status (0x030C): clears the given IDD Status Changed bits. Acts on the device."""
 
     flags: IddStatusChangedFlags
     e2e_counter: int | None = None
 
     WHAT: ClassVar[str] = "Reset Status"
-
-    def __post_init__(self) -> None:
-        check_uint(int(self.flags), 16, "reset flags")
-        object.__setattr__(self, "flags", IddStatusChangedFlags(self.flags))
-
-    @classmethod
-    def read(cls, r: Reader, e2e_counter: int | None = None) -> Self:
-        _expect_op(r, StatusReaderOpCode.RESET_STATUS, cls.WHAT)
-        return cls(IddStatusChangedFlags(r.u16("flags")), e2e_counter)
-
-    def write(self, w: Writer) -> None:
-        w.u16(StatusReaderOpCode.RESET_STATUS, "op code").u16(int(self.flags), "flags")
+    OP_CODE: ClassVar[int | None] = StatusReaderOpCode.RESET_STATUS
+    FIELDS: ClassVar[Fields] = (u16("flags", IddStatusChangedFlags, what="reset flags"),)
 
 
 @dataclass(frozen=True, slots=True)
-class GetActiveBolusDelivery(E2EValue):
+class GetActiveBolusDelivery(E2EFields):
     """Get Active Bolus Delivery (0x0356): ``bolus id u16``, ``value selection u8``."""
 
     bolus_id: int
@@ -747,25 +722,13 @@ class GetActiveBolusDelivery(E2EValue):
     e2e_counter: int | None = None
 
     WHAT: ClassVar[str] = "Get Active Bolus Delivery"
-
-    def __post_init__(self) -> None:
-        check_uint(self.bolus_id, 16, "bolus id")
-        check_uint(int(self.value_selection), 8, "bolus value selection")
-        object.__setattr__(self, "value_selection",
-                           known(BolusValueSelection, self.value_selection))
-
-    @classmethod
-    def read(cls, r: Reader, e2e_counter: int | None = None) -> Self:
-        _expect_op(r, StatusReaderOpCode.GET_ACTIVE_BOLUS_DELIVERY, cls.WHAT)
-        return cls(r.u16("bolus id"), r.u8("bolus value selection"), e2e_counter)
-
-    def write(self, w: Writer) -> None:
-        w.u16(StatusReaderOpCode.GET_ACTIVE_BOLUS_DELIVERY, "op code")
-        w.u16(self.bolus_id, "bolus id").u8(int(self.value_selection), "bolus value selection")
+    OP_CODE: ClassVar[int | None] = StatusReaderOpCode.GET_ACTIVE_BOLUS_DELIVERY
+    FIELDS: ClassVar[Fields] = (
+        u16("bolus_id"), u8("value_selection", BolusValueSelection, what="bolus value selection"))
 
 
 @dataclass(frozen=True, slots=True)
-class GetCounter(E2EValue):
+class GetCounter(E2EFields):
     """Get Counter (0x03A6): ``counter type u8``, ``counter value selection u8``."""
 
     counter_type: CounterType | int
@@ -773,27 +736,12 @@ class GetCounter(E2EValue):
     e2e_counter: int | None = None
 
     WHAT: ClassVar[str] = "Get Counter"
-
-    def __post_init__(self) -> None:
-        check_uint(int(self.counter_type), 8, "counter type")
-        check_uint(int(self.value_selection), 8, "counter value selection")
-        object.__setattr__(self, "counter_type", known(CounterType, self.counter_type))
-        object.__setattr__(self, "value_selection",
-                           known(CounterValueSelection, self.value_selection))
-
-    @classmethod
-    def read(cls, r: Reader, e2e_counter: int | None = None) -> Self:
-        _expect_op(r, StatusReaderOpCode.GET_COUNTER, cls.WHAT)
-        return cls(r.u8("counter type"), r.u8("counter value selection"), e2e_counter)
-
-    def write(self, w: Writer) -> None:
-        w.u16(StatusReaderOpCode.GET_COUNTER, "op code")
-        w.u8(int(self.counter_type), "counter type")
-        w.u8(int(self.value_selection), "counter value selection")
+    OP_CODE: ClassVar[int | None] = StatusReaderOpCode.GET_COUNTER
+    FIELDS: ClassVar[Fields] = _COUNTER_FIELDS
 
 
 @dataclass(frozen=True, slots=True)
-class StatusReaderResponse(E2EValue):
+class StatusReaderResponse(E2EFields):
     """Response Code (0x0303): ``request op code u16``, ``response code u8``."""
 
     request_op_code: StatusReaderOpCode | int
@@ -801,23 +749,9 @@ class StatusReaderResponse(E2EValue):
     e2e_counter: int | None = None
 
     WHAT: ClassVar[str] = "Status Reader Response Code"
-
-    def __post_init__(self) -> None:
-        check_uint(int(self.request_op_code), 16, "request op code")
-        check_uint(int(self.response_code), 8, "response code")
-        object.__setattr__(self, "request_op_code",
-                           known(StatusReaderOpCode, self.request_op_code))
-        object.__setattr__(self, "response_code", known(IddResponseCode, self.response_code))
-
-    @classmethod
-    def read(cls, r: Reader, e2e_counter: int | None = None) -> Self:
-        _expect_op(r, StatusReaderOpCode.RESPONSE_CODE, cls.WHAT)
-        return cls(r.u16("request op code"), r.u8("response code"), e2e_counter)
-
-    def write(self, w: Writer) -> None:
-        w.u16(StatusReaderOpCode.RESPONSE_CODE, "op code")
-        w.u16(int(self.request_op_code), "request op code")
-        w.u8(int(self.response_code), "response code")
+    OP_CODE: ClassVar[int | None] = StatusReaderOpCode.RESPONSE_CODE
+    FIELDS: ClassVar[Fields] = (u16("request_op_code", StatusReaderOpCode),
+                                u8("response_code", IddResponseCode))
 
 
 @dataclass(frozen=True, slots=True)
@@ -852,7 +786,7 @@ class ActiveBolusIdsResponse(E2EValue):
 
 
 @dataclass(frozen=True, slots=True)
-class ActiveBolusDeliveryResponse(E2EValue):
+class ActiveBolusDeliveryResponse(E2EFields, BolusAmounts):
     """Get Active Bolus Delivery Response (0x0359).
 
     ``flags u8`` (:class:`BolusFlags`), ``bolus id u16``, ``bolus type u8``, fast amount and
@@ -872,30 +806,9 @@ class ActiveBolusDeliveryResponse(E2EValue):
     e2e_counter: int | None = None
 
     WHAT: ClassVar[str] = "Get Active Bolus Delivery Response"
-
-    def __post_init__(self) -> None:
-        _check_bolus_fields(self)
-
-    @classmethod
-    def read(cls, r: Reader, e2e_counter: int | None = None) -> Self:
-        _expect_op(r, StatusReaderOpCode.GET_ACTIVE_BOLUS_DELIVERY_RESPONSE, cls.WHAT)
-        flags = r.u8("flags")
-        bolus_id = r.u16("bolus id")
-        return cls(BolusFlags(flags), bolus_id, *_read_bolus_body(r, flags),
-                   e2e_counter=e2e_counter)
-
-    def write(self, w: Writer) -> None:
-        w.u16(StatusReaderOpCode.GET_ACTIVE_BOLUS_DELIVERY_RESPONSE, "op code")
-        w.u8(int(self.flags), "flags").u16(self.bolus_id, "bolus id")
-        _write_bolus_body(w, self)
-
-    @property
-    def fast_amount_iu(self) -> float:
-        return float(self.fast_amount)
-
-    @property
-    def extended_amount_iu(self) -> float:
-        return float(self.extended_amount)
+    OP_CODE: ClassVar[int | None] = StatusReaderOpCode.GET_ACTIVE_BOLUS_DELIVERY_RESPONSE
+    FIELDS: ClassVar[Fields] = (u8("flags", BolusFlags), u16("bolus_id"), *BOLUS_AMOUNT_FIELDS,
+                                *BOLUS_OPTION_FIELDS)
 
 
 class ActiveBasalRateFlags(IntFlag):
@@ -907,7 +820,7 @@ class ActiveBasalRateFlags(IntFlag):
 
 
 @dataclass(frozen=True, slots=True)
-class ActiveBasalRateDeliveryResponse(E2EValue):
+class ActiveBasalRateDeliveryResponse(E2EFields):
     """Get Active Basal Rate Delivery Response (0x036A).
 
     ``flags u8``, ``active basal rate profile template number u8``, ``current config value
@@ -928,70 +841,22 @@ class ActiveBasalRateDeliveryResponse(E2EValue):
     e2e_counter: int | None = None
 
     WHAT: ClassVar[str] = "Get Active Basal Rate Delivery Response"
+    OP_CODE: ClassVar[int | None] = StatusReaderOpCode.GET_ACTIVE_BASAL_RATE_DELIVERY_RESPONSE
+    FIELDS: ClassVar[Fields] = (
+        u8("flags", ActiveBasalRateFlags), u8("template_number"), sfloat("current_config_value"),
+        u8("tbr_type", TbrType, when=ActiveBasalRateFlags.TBR_PRESENT),
+        sfloat("tbr_adjustment_value", when=ActiveBasalRateFlags.TBR_PRESENT),
+        u16("tbr_duration_programmed", when=ActiveBasalRateFlags.TBR_PRESENT),
+        u16("tbr_duration_remaining", when=ActiveBasalRateFlags.TBR_PRESENT),
+        u8("tbr_template_number", when=ActiveBasalRateFlags.TBR_TEMPLATE_NUMBER_PRESENT),
+        u8("basal_delivery_context", DeliveryContext,
+           when=ActiveBasalRateFlags.BASAL_DELIVERY_CONTEXT_PRESENT))
 
-    def __post_init__(self) -> None:
-        flags = int(self.flags)
-        check_uint(flags, 8, "flags")
-        object.__setattr__(self, "flags", ActiveBasalRateFlags(flags))
-        check_uint(self.template_number, 8, "template number")
-        for name in ("tbr_type", "tbr_adjustment_value", "tbr_duration_programmed",
-                     "tbr_duration_remaining"):
-            check_optional(flags, ActiveBasalRateFlags.TBR_PRESENT, getattr(self, name), name)
-        check_optional(flags, ActiveBasalRateFlags.TBR_TEMPLATE_NUMBER_PRESENT,
-                       self.tbr_template_number, "tbr_template_number")
-        check_optional(flags, ActiveBasalRateFlags.BASAL_DELIVERY_CONTEXT_PRESENT,
-                       self.basal_delivery_context, "basal_delivery_context")
-        check_uint(self.tbr_duration_programmed, 16, "TBR duration programmed")
-        check_uint(self.tbr_duration_remaining, 16, "TBR duration remaining")
-        check_uint(self.tbr_template_number, 8, "TBR template number")
-        if self.tbr_type is not None:
-            check_uint(int(self.tbr_type), 8, "TBR type")
-            object.__setattr__(self, "tbr_type", known(TbrType, self.tbr_type))
-        if self.basal_delivery_context is not None:
-            check_uint(int(self.basal_delivery_context), 8, "basal delivery context")
-            object.__setattr__(self, "basal_delivery_context",
-                               known(DeliveryContext, self.basal_delivery_context))
-
-    @classmethod
-    def read(cls, r: Reader, e2e_counter: int | None = None) -> Self:
-        _expect_op(r, StatusReaderOpCode.GET_ACTIVE_BASAL_RATE_DELIVERY_RESPONSE, cls.WHAT)
-        flags = r.u8("flags")
-        template = r.u8("active basal rate profile template number")
-        config = read_sfloat(r, "active basal rate current config value")
-        tbr_type = tbr_value = programmed = remaining = None
-        if flags & ActiveBasalRateFlags.TBR_PRESENT:
-            tbr_type = r.u8("TBR type")
-            tbr_value = read_sfloat(r, "TBR adjustment value")
-            programmed = r.u16("TBR duration programmed")
-            remaining = r.u16("TBR duration remaining")
-        tbr_template = (r.u8("TBR template number")
-                        if flags & ActiveBasalRateFlags.TBR_TEMPLATE_NUMBER_PRESENT else None)
-        context = (r.u8("basal delivery context")
-                   if flags & ActiveBasalRateFlags.BASAL_DELIVERY_CONTEXT_PRESENT else None)
-        return cls(ActiveBasalRateFlags(flags), template, config, tbr_type, tbr_value,
-                   programmed, remaining, tbr_template, context, e2e_counter)
-
-    def write(self, w: Writer) -> None:
-        w.u16(StatusReaderOpCode.GET_ACTIVE_BASAL_RATE_DELIVERY_RESPONSE, "op code")
-        w.u8(int(self.flags), "flags").u8(self.template_number, "template number")
-        write_sfloat(w, self.current_config_value, "current config value")
-        if self.tbr_adjustment_value is not None:
-            w.u8(int(self.tbr_type or 0), "TBR type")
-            write_sfloat(w, self.tbr_adjustment_value, "TBR adjustment value")
-            w.u16(self.tbr_duration_programmed or 0, "TBR duration programmed")
-            w.u16(self.tbr_duration_remaining or 0, "TBR duration remaining")
-        if self.tbr_template_number is not None:
-            w.u8(self.tbr_template_number, "TBR template number")
-        if self.basal_delivery_context is not None:
-            w.u8(int(self.basal_delivery_context), "basal delivery context")
-
-    @property
-    def current_basal_rate_iu_per_h(self) -> float:
-        return float(self.current_config_value)
+    current_basal_rate_iu_per_h = AsFloat("current_config_value")
 
 
 @dataclass(frozen=True, slots=True)
-class TotalDailyInsulinStatusResponse(E2EValue):
+class TotalDailyInsulinStatusResponse(E2EFields):
     """Get Total Daily Insulin Status Response (0x039A): bolus, basal and bolus + basal
     delivered today, three SFLOAT in IU."""
 
@@ -1001,35 +866,17 @@ class TotalDailyInsulinStatusResponse(E2EValue):
     e2e_counter: int | None = None
 
     WHAT: ClassVar[str] = "Get Total Daily Insulin Status Response"
+    OP_CODE: ClassVar[int | None] = StatusReaderOpCode.GET_TOTAL_DAILY_INSULIN_STATUS_RESPONSE
+    FIELDS: ClassVar[Fields] = (sfloat("bolus_delivered"), sfloat("basal_delivered"),
+                                sfloat("bolus_and_basal_delivered"))
 
-    @classmethod
-    def read(cls, r: Reader, e2e_counter: int | None = None) -> Self:
-        _expect_op(r, StatusReaderOpCode.GET_TOTAL_DAILY_INSULIN_STATUS_RESPONSE, cls.WHAT)
-        return cls(read_sfloat(r, "sum of bolus delivered"),
-                   read_sfloat(r, "sum of basal delivered"),
-                   read_sfloat(r, "sum of bolus and basal delivered"), e2e_counter)
-
-    def write(self, w: Writer) -> None:
-        w.u16(StatusReaderOpCode.GET_TOTAL_DAILY_INSULIN_STATUS_RESPONSE, "op code")
-        write_sfloat(w, self.bolus_delivered, "sum of bolus delivered")
-        write_sfloat(w, self.basal_delivered, "sum of basal delivered")
-        write_sfloat(w, self.bolus_and_basal_delivered, "sum of bolus and basal delivered")
-
-    @property
-    def bolus_iu(self) -> float:
-        return float(self.bolus_delivered)
-
-    @property
-    def basal_iu(self) -> float:
-        return float(self.basal_delivered)
-
-    @property
-    def total_iu(self) -> float:
-        return float(self.bolus_and_basal_delivered)
+    bolus_iu = AsFloat("bolus_delivered")
+    basal_iu = AsFloat("basal_delivered")
+    total_iu = AsFloat("bolus_and_basal_delivered")
 
 
 @dataclass(frozen=True, slots=True)
-class CounterResponse(E2EValue):
+class CounterResponse(E2EFields):
     """Get Counter Response (0x03A9): ``counter type u8``, ``value selection u8``,
     ``counter value s32`` (minutes)."""
 
@@ -1039,31 +886,12 @@ class CounterResponse(E2EValue):
     e2e_counter: int | None = None
 
     WHAT: ClassVar[str] = "Get Counter Response"
-
-    def __post_init__(self) -> None:
-        check_uint(int(self.counter_type), 8, "counter type")
-        check_uint(int(self.value_selection), 8, "counter value selection")
-        if not -(1 << 31) <= self.counter_value < 1 << 31:
-            raise ValueOutOfRange(f"counter value {self.counter_value} does not fit sint32")
-        object.__setattr__(self, "counter_type", known(CounterType, self.counter_type))
-        object.__setattr__(self, "value_selection",
-                           known(CounterValueSelection, self.value_selection))
-
-    @classmethod
-    def read(cls, r: Reader, e2e_counter: int | None = None) -> Self:
-        _expect_op(r, StatusReaderOpCode.GET_COUNTER_RESPONSE, cls.WHAT)
-        return cls(r.u8("counter type"), r.u8("counter value selection"),
-                   r.sint(4, "counter value"), e2e_counter)
-
-    def write(self, w: Writer) -> None:
-        w.u16(StatusReaderOpCode.GET_COUNTER_RESPONSE, "op code")
-        w.u8(int(self.counter_type), "counter type")
-        w.u8(int(self.value_selection), "counter value selection")
-        w.sint(self.counter_value, 4, "counter value")
+    OP_CODE: ClassVar[int | None] = StatusReaderOpCode.GET_COUNTER_RESPONSE
+    FIELDS: ClassVar[Fields] = (*_COUNTER_FIELDS, Sint("counter_value", 4))
 
 
 @dataclass(frozen=True, slots=True)
-class DeliveredInsulinResponse(E2EValue):
+class DeliveredInsulinResponse(E2EFields):
     """Get Delivered Insulin Response (0x03CF): bolus and basal amount delivered since the
     device was made, two 32-bit FLOAT in IU (IDS 1.0 §3.5)."""
 
@@ -1072,28 +900,12 @@ class DeliveredInsulinResponse(E2EValue):
     e2e_counter: int | None = None
 
     WHAT: ClassVar[str] = "Get Delivered Insulin Response"
+    OP_CODE: ClassVar[int | None] = StatusReaderOpCode.GET_DELIVERED_INSULIN_RESPONSE
+    FIELDS: ClassVar[Fields] = (FloatField("bolus_delivered", what="bolus amount delivered"),
+                                FloatField("basal_delivered", what="basal amount delivered"))
 
-    @classmethod
-    def read(cls, r: Reader, e2e_counter: int | None = None) -> Self:
-        _expect_op(r, StatusReaderOpCode.GET_DELIVERED_INSULIN_RESPONSE, cls.WHAT)
-        return cls(MderFloat.from_int(r.u32("bolus amount delivered")),
-                   MderFloat.from_int(r.u32("basal amount delivered")), e2e_counter)
-
-    def write(self, w: Writer) -> None:
-        w.u16(StatusReaderOpCode.GET_DELIVERED_INSULIN_RESPONSE, "op code")
-        for value, what in ((self.bolus_delivered, "bolus amount delivered"),
-                            (self.basal_delivered, "basal amount delivered")):
-            if not isinstance(value, MderFloat):
-                raise ValueOutOfRange(f"{what} must be a FLOAT (MderFloat)")
-            w.u32(int(value), what)
-
-    @property
-    def bolus_iu(self) -> float:
-        return float(self.bolus_delivered)
-
-    @property
-    def basal_iu(self) -> float:
-        return float(self.basal_delivered)
+    bolus_iu = AsFloat("bolus_delivered")
+    basal_iu = AsFloat("basal_delivered")
 
 
 class InsulinOnBoardFlags(IntFlag):
@@ -1103,7 +915,7 @@ class InsulinOnBoardFlags(IntFlag):
 
 
 @dataclass(frozen=True, slots=True)
-class InsulinOnBoardResponse(E2EValue):
+class InsulinOnBoardResponse(E2EFields):
     """Get Insulin On Board Response (0x03FC): ``flags u8``, ``insulin on board SFLOAT``
     (IU), ``[remaining duration u16 min]``."""
 
@@ -1113,33 +925,12 @@ class InsulinOnBoardResponse(E2EValue):
     e2e_counter: int | None = None
 
     WHAT: ClassVar[str] = "Get Insulin On Board Response"
+    OP_CODE: ClassVar[int | None] = StatusReaderOpCode.GET_INSULIN_ON_BOARD_RESPONSE
+    FIELDS: ClassVar[Fields] = (
+        u8("flags", InsulinOnBoardFlags), sfloat("insulin_on_board"),
+        u16("remaining_duration", when=InsulinOnBoardFlags.REMAINING_DURATION_PRESENT))
 
-    def __post_init__(self) -> None:
-        check_uint(int(self.flags), 8, "flags")
-        object.__setattr__(self, "flags", InsulinOnBoardFlags(self.flags))
-        check_optional(int(self.flags), InsulinOnBoardFlags.REMAINING_DURATION_PRESENT,
-                       self.remaining_duration, "remaining_duration")
-        check_uint(self.remaining_duration, 16, "remaining duration")
-
-    @classmethod
-    def read(cls, r: Reader, e2e_counter: int | None = None) -> Self:
-        _expect_op(r, StatusReaderOpCode.GET_INSULIN_ON_BOARD_RESPONSE, cls.WHAT)
-        flags = r.u8("flags")
-        iob = read_sfloat(r, "insulin on board")
-        remaining = (r.u16("remaining duration")
-                     if flags & InsulinOnBoardFlags.REMAINING_DURATION_PRESENT else None)
-        return cls(InsulinOnBoardFlags(flags), iob, remaining, e2e_counter)
-
-    def write(self, w: Writer) -> None:
-        w.u16(StatusReaderOpCode.GET_INSULIN_ON_BOARD_RESPONSE, "op code")
-        w.u8(int(self.flags), "flags")
-        write_sfloat(w, self.insulin_on_board, "insulin on board")
-        if self.remaining_duration is not None:
-            w.u16(self.remaining_duration, "remaining duration")
-
-    @property
-    def insulin_on_board_iu(self) -> float:
-        return float(self.insulin_on_board)
+    insulin_on_board_iu = AsFloat("insulin_on_board")
 
 
 StatusReaderMessage = (StatusReaderRequest | ResetStatus | GetActiveBolusDelivery | GetCounter
@@ -1170,61 +961,6 @@ assert set(_STATUS_READER_CLASSES) == set(StatusReaderOpCode)
 def parse_status_reader_cp(data: bytes, e2e: bool = False) -> StatusReaderMessage:
     """Decode any IDD Status Reader CP value, choosing the class by op code."""
     return _parse_by_op(data, e2e, "IDD Status Reader CP", _STATUS_READER_CLASSES)
-
-
-# --------------------------------------------------------------------------------------------
-# Bolus body shared by Set Bolus and the Active Bolus Delivery Response
-# --------------------------------------------------------------------------------------------
-
-
-def _check_bolus_fields(v: Any) -> None:
-    flags = int(v.flags)
-    check_uint(flags, 8, "bolus flags")
-    object.__setattr__(v, "flags", BolusFlags(flags))
-    if hasattr(v, "bolus_id"):
-        check_uint(v.bolus_id, 16, "bolus id")
-    check_uint(int(v.bolus_type), 8, "bolus type")
-    object.__setattr__(v, "bolus_type", known(BolusType, v.bolus_type))
-    check_uint(v.duration, 16, "bolus duration")
-    check_optional(flags, BolusFlags.BOLUS_DELAY_TIME_PRESENT, v.delay_time, "delay_time")
-    check_optional(flags, BolusFlags.BOLUS_TEMPLATE_NUMBER_PRESENT, v.template_number,
-                   "template_number")
-    check_optional(flags, BolusFlags.BOLUS_ACTIVATION_TYPE_PRESENT, v.activation_type,
-                   "activation_type")
-    check_uint(v.delay_time, 16, "bolus delay time")
-    check_uint(v.template_number, 8, "bolus template number")
-    if v.activation_type is not None:
-        check_uint(int(v.activation_type), 8, "bolus activation type")
-        object.__setattr__(v, "activation_type", known(BolusActivationType, v.activation_type))
-
-
-_BolusBody = tuple[int, SFloat, SFloat, int, int | None, int | None, int | None]
-
-
-def _read_bolus_body(r: Reader, flags: int) -> _BolusBody:
-    bolus_type = r.u8("bolus type")
-    fast = read_sfloat(r, "bolus fast amount")
-    extended = read_sfloat(r, "bolus extended amount")
-    duration = r.u16("bolus duration")
-    delay = r.u16("bolus delay time") if flags & BolusFlags.BOLUS_DELAY_TIME_PRESENT else None
-    template = (r.u8("bolus template number")
-                if flags & BolusFlags.BOLUS_TEMPLATE_NUMBER_PRESENT else None)
-    activation = (r.u8("bolus activation type")
-                  if flags & BolusFlags.BOLUS_ACTIVATION_TYPE_PRESENT else None)
-    return bolus_type, fast, extended, duration, delay, template, activation
-
-
-def _write_bolus_body(w: Writer, v: Any) -> None:
-    w.u8(int(v.bolus_type), "bolus type")
-    write_sfloat(w, v.fast_amount, "bolus fast amount")
-    write_sfloat(w, v.extended_amount, "bolus extended amount")
-    w.u16(v.duration, "bolus duration")
-    if v.delay_time is not None:
-        w.u16(v.delay_time, "bolus delay time")
-    if v.template_number is not None:
-        w.u8(v.template_number, "bolus template number")
-    if v.activation_type is not None:
-        w.u8(int(v.activation_type), "bolus activation type")
 
 
 # --------------------------------------------------------------------------------------------
@@ -1360,7 +1096,7 @@ def _op_group(*ops: CommandOpCode) -> frozenset[int]:
 
 
 @dataclass(frozen=True, slots=True)
-class CommandRequest(E2EValue):
+class CommandRequest(E2EFields):
     """A Command CP op code without operand (Set Flight Mode, Cancel TBR Adjustment, Stop
     Priming, Get Available Boluses, …)."""
 
@@ -1372,50 +1108,24 @@ class CommandRequest(E2EValue):
         _C.SET_FLIGHT_MODE, _C.CANCEL_TBR_ADJUSTMENT, _C.GET_AVAILABLE_BOLUSES,
         _C.GET_TEMPLATE_STATUS_AND_DETAILS, _C.GET_ACTIVATED_PROFILE_TEMPLATES,
         _C.STOP_PRIMING, _C.RESET_RESERVOIR_INSULIN_OPERATION_TIME, _C.GET_MAX_BOLUS_AMOUNT)
-
-    def __post_init__(self) -> None:
-        _check_group(self, self.OP_CODES)
-
-    @classmethod
-    def read(cls, r: Reader, e2e_counter: int | None = None) -> Self:
-        return cls(CommandOpCode(_read_op(r, dict.fromkeys(cls.OP_CODES), cls.WHAT)),
-                   e2e_counter)
-
-    def write(self, w: Writer) -> None:
-        w.u16(int(self.op_code), "op code")
-
-
-def _check_group(v: Any, allowed: frozenset[int]) -> None:
-    if int(v.op_code) not in allowed:
-        raise ValueOutOfRange(f"op code 0x{int(v.op_code):04X} does not belong to "
-                              f"{type(v).__name__}")
-    object.__setattr__(v, "op_code", CommandOpCode(v.op_code))
+    FIELDS: ClassVar[Fields] = (OpCodeOf(OP_CODES, CommandOpCode, WHAT),)
 
 
 @dataclass(frozen=True, slots=True)
-class SetTherapyControlState(E2EValue):
+class SetTherapyControlState(E2EFields):
     """Set Therapy Control State (0x0F5A): ``state u8``. Acts on the device."""
 
     state: TherapyControlState | int
     e2e_counter: int | None = None
 
     WHAT: ClassVar[str] = "Set Therapy Control State"
-
-    def __post_init__(self) -> None:
-        check_uint(int(self.state), 8, "therapy control state")
-        object.__setattr__(self, "state", known(TherapyControlState, self.state))
-
-    @classmethod
-    def read(cls, r: Reader, e2e_counter: int | None = None) -> Self:
-        _expect_op(r, _C.SET_THERAPY_CONTROL_STATE, cls.WHAT)
-        return cls(r.u8("therapy control state"), e2e_counter)
-
-    def write(self, w: Writer) -> None:
-        w.u16(_C.SET_THERAPY_CONTROL_STATE, "op code").u8(int(self.state), "state")
+    OP_CODE: ClassVar[int | None] = _C.SET_THERAPY_CONTROL_STATE
+    FIELDS: ClassVar[Fields] = (
+        u8("state", TherapyControlState, what="therapy control state"),)
 
 
 @dataclass(frozen=True, slots=True)
-class AnnunciationCommand(E2EValue):
+class AnnunciationCommand(E2EFields):
     """Snooze / Confirm Annunciation and their responses: ``annunciation instance id u16``."""
 
     op_code: CommandOpCode
@@ -1426,19 +1136,8 @@ class AnnunciationCommand(E2EValue):
     OP_CODES: ClassVar[frozenset[int]] = _op_group(
         _C.SNOOZE_ANNUNCIATION, _C.SNOOZE_ANNUNCIATION_RESPONSE,
         _C.CONFIRM_ANNUNCIATION, _C.CONFIRM_ANNUNCIATION_RESPONSE)
-
-    def __post_init__(self) -> None:
-        _check_group(self, self.OP_CODES)
-        check_uint(self.annunciation_instance_id, 16, "annunciation instance id")
-
-    @classmethod
-    def read(cls, r: Reader, e2e_counter: int | None = None) -> Self:
-        op = _read_op(r, dict.fromkeys(cls.OP_CODES), cls.WHAT)
-        return cls(CommandOpCode(op), r.u16("annunciation instance id"), e2e_counter)
-
-    def write(self, w: Writer) -> None:
-        w.u16(int(self.op_code), "op code")
-        w.u16(self.annunciation_instance_id, "annunciation instance id")
+    FIELDS: ClassVar[Fields] = (OpCodeOf(OP_CODES, CommandOpCode, WHAT),
+                                u16("annunciation_instance_id"))
 
 
 class TbrFlags(IntFlag):
@@ -1449,8 +1148,15 @@ class TbrFlags(IntFlag):
     CHANGE_TBR = 1 << 2
 
 
+#: The optional tail of Set TBR Adjustment and of the TBR Adjustment Started / Changed
+#: history events (their flags give the same two bits).
+TBR_OPTION_FIELDS: Fields = (
+    u8("template_number", when=TbrFlags.TBR_TEMPLATE_NUMBER_PRESENT),
+    u8("delivery_context", DeliveryContext, when=TbrFlags.TBR_DELIVERY_CONTEXT_PRESENT))
+
+
 @dataclass(frozen=True, slots=True)
-class SetTbrAdjustment(E2EValue):
+class SetTbrAdjustment(E2EFields):
     """Set TBR Adjustment (0x0FFF). Acts on the device.
 
     ``flags u8``, ``TBR type u8``, ``TBR adjustment value SFLOAT`` (IU/h when absolute, a
@@ -1467,53 +1173,13 @@ class SetTbrAdjustment(E2EValue):
     e2e_counter: int | None = None
 
     WHAT: ClassVar[str] = "Set TBR Adjustment"
-
-    def __post_init__(self) -> None:
-        _check_tbr_fields(self)
-
-    @classmethod
-    def read(cls, r: Reader, e2e_counter: int | None = None) -> Self:
-        _expect_op(r, _C.SET_TBR_ADJUSTMENT, cls.WHAT)
-        flags = r.u8("flags")
-        tbr_type = r.u8("TBR type")
-        value = read_sfloat(r, "TBR adjustment value")
-        duration = r.u16("TBR duration")
-        template = (r.u8("TBR template number")
-                    if flags & TbrFlags.TBR_TEMPLATE_NUMBER_PRESENT else None)
-        context = (r.u8("TBR delivery context")
-                   if flags & TbrFlags.TBR_DELIVERY_CONTEXT_PRESENT else None)
-        return cls(TbrFlags(flags), tbr_type, value, duration, template, context, e2e_counter)
-
-    def write(self, w: Writer) -> None:
-        w.u16(_C.SET_TBR_ADJUSTMENT, "op code").u8(int(self.flags), "flags")
-        w.u8(int(self.tbr_type), "TBR type")
-        write_sfloat(w, self.adjustment_value, "TBR adjustment value")
-        w.u16(self.duration, "TBR duration")
-        if self.template_number is not None:
-            w.u8(self.template_number, "TBR template number")
-        if self.delivery_context is not None:
-            w.u8(int(self.delivery_context), "TBR delivery context")
-
-
-def _check_tbr_fields(v: Any) -> None:
-    flags = int(v.flags)
-    check_uint(flags, 8, "TBR flags")
-    object.__setattr__(v, "flags", TbrFlags(flags))
-    check_uint(int(v.tbr_type), 8, "TBR type")
-    object.__setattr__(v, "tbr_type", known(TbrType, v.tbr_type))
-    check_uint(v.duration, 16, "TBR duration")
-    check_optional(flags, TbrFlags.TBR_TEMPLATE_NUMBER_PRESENT, v.template_number,
-                   "template_number")
-    check_optional(flags, TbrFlags.TBR_DELIVERY_CONTEXT_PRESENT, v.delivery_context,
-                   "delivery_context")
-    check_uint(v.template_number, 8, "TBR template number")
-    if v.delivery_context is not None:
-        check_uint(int(v.delivery_context), 8, "TBR delivery context")
-        object.__setattr__(v, "delivery_context", known(DeliveryContext, v.delivery_context))
+    OP_CODE: ClassVar[int | None] = _C.SET_TBR_ADJUSTMENT
+    FIELDS: ClassVar[Fields] = (u8("flags", TbrFlags), u8("tbr_type", TbrType),
+                                sfloat("adjustment_value"), u16("duration"), *TBR_OPTION_FIELDS)
 
 
 @dataclass(frozen=True, slots=True)
-class SetBolus(E2EValue):
+class SetBolus(E2EFields, BolusAmounts):
     """Set Bolus (0x114B). Acts on the device.
 
     ``flags u8`` (:class:`BolusFlags`), ``bolus type u8``, fast and extended amount SFLOAT
@@ -1532,31 +1198,13 @@ class SetBolus(E2EValue):
     e2e_counter: int | None = None
 
     WHAT: ClassVar[str] = "Set Bolus"
-
-    def __post_init__(self) -> None:
-        _check_bolus_fields(self)
-
-    @classmethod
-    def read(cls, r: Reader, e2e_counter: int | None = None) -> Self:
-        _expect_op(r, _C.SET_BOLUS, cls.WHAT)
-        flags = r.u8("flags")
-        return cls(BolusFlags(flags), *_read_bolus_body(r, flags), e2e_counter=e2e_counter)
-
-    def write(self, w: Writer) -> None:
-        w.u16(_C.SET_BOLUS, "op code").u8(int(self.flags), "flags")
-        _write_bolus_body(w, self)
-
-    @property
-    def fast_amount_iu(self) -> float:
-        return float(self.fast_amount)
-
-    @property
-    def extended_amount_iu(self) -> float:
-        return float(self.extended_amount)
+    OP_CODE: ClassVar[int | None] = _C.SET_BOLUS
+    FIELDS: ClassVar[Fields] = (u8("flags", BolusFlags), *BOLUS_AMOUNT_FIELDS,
+                                *BOLUS_OPTION_FIELDS)
 
 
 @dataclass(frozen=True, slots=True)
-class BolusIdCommand(E2EValue):
+class BolusIdCommand(E2EFields):
     """Set Bolus Response, Cancel Bolus and Cancel Bolus Response: ``bolus id u16``."""
 
     op_code: CommandOpCode
@@ -1566,18 +1214,7 @@ class BolusIdCommand(E2EValue):
     WHAT: ClassVar[str] = "bolus id command"
     OP_CODES: ClassVar[frozenset[int]] = _op_group(
         _C.SET_BOLUS_RESPONSE, _C.CANCEL_BOLUS, _C.CANCEL_BOLUS_RESPONSE)
-
-    def __post_init__(self) -> None:
-        _check_group(self, self.OP_CODES)
-        check_uint(self.bolus_id, 16, "bolus id")
-
-    @classmethod
-    def read(cls, r: Reader, e2e_counter: int | None = None) -> Self:
-        op = _read_op(r, dict.fromkeys(cls.OP_CODES), cls.WHAT)
-        return cls(CommandOpCode(op), r.u16("bolus id"), e2e_counter)
-
-    def write(self, w: Writer) -> None:
-        w.u16(int(self.op_code), "op code").u16(self.bolus_id, "bolus id")
+    FIELDS: ClassVar[Fields] = (OpCodeOf(OP_CODES, CommandOpCode, WHAT), u16("bolus_id"))
 
 
 class AvailableBolusesFlags(IntFlag):
@@ -1589,29 +1226,20 @@ class AvailableBolusesFlags(IntFlag):
 
 
 @dataclass(frozen=True, slots=True)
-class AvailableBolusesResponse(E2EValue):
+class AvailableBolusesResponse(E2EFields):
     """Get Available Boluses Response (0x11B4): ``flags u8``."""
 
     flags: AvailableBolusesFlags
     e2e_counter: int | None = None
 
     WHAT: ClassVar[str] = "Get Available Boluses Response"
-
-    def __post_init__(self) -> None:
-        check_uint(int(self.flags), 8, "available boluses flags")
-        object.__setattr__(self, "flags", AvailableBolusesFlags(self.flags))
-
-    @classmethod
-    def read(cls, r: Reader, e2e_counter: int | None = None) -> Self:
-        _expect_op(r, _C.GET_AVAILABLE_BOLUSES_RESPONSE, cls.WHAT)
-        return cls(AvailableBolusesFlags(r.u8("flags")), e2e_counter)
-
-    def write(self, w: Writer) -> None:
-        w.u16(_C.GET_AVAILABLE_BOLUSES_RESPONSE, "op code").u8(int(self.flags), "flags")
+    OP_CODE: ClassVar[int | None] = _C.GET_AVAILABLE_BOLUSES_RESPONSE
+    FIELDS: ClassVar[Fields] = (
+        u8("flags", AvailableBolusesFlags, what="available boluses flags"),)
 
 
 @dataclass(frozen=True, slots=True)
-class AmountCommand(E2EValue):
+class AmountCommand(E2EFields):
     """Op codes whose operand is one SFLOAT in IU: Start Priming, Set Initial Reservoir Fill
     Level, Set Max Bolus Amount and the Get Max Bolus Amount Response."""
 
@@ -1623,26 +1251,13 @@ class AmountCommand(E2EValue):
     OP_CODES: ClassVar[frozenset[int]] = _op_group(
         _C.START_PRIMING, _C.SET_INITIAL_RESERVOIR_FILL_LEVEL, _C.SET_MAX_BOLUS_AMOUNT,
         _C.GET_MAX_BOLUS_AMOUNT_RESPONSE)
+    FIELDS: ClassVar[Fields] = (OpCodeOf(OP_CODES, CommandOpCode, WHAT), sfloat("amount"))
 
-    def __post_init__(self) -> None:
-        _check_group(self, self.OP_CODES)
-
-    @classmethod
-    def read(cls, r: Reader, e2e_counter: int | None = None) -> Self:
-        op = _read_op(r, dict.fromkeys(cls.OP_CODES), cls.WHAT)
-        return cls(CommandOpCode(op), read_sfloat(r, "amount"), e2e_counter)
-
-    def write(self, w: Writer) -> None:
-        w.u16(int(self.op_code), "op code")
-        write_sfloat(w, self.amount, "amount")
-
-    @property
-    def amount_iu(self) -> float:
-        return float(self.amount)
+    amount_iu = AsFloat("amount")
 
 
 @dataclass(frozen=True, slots=True)
-class CommandResponse(E2EValue):
+class CommandResponse(E2EFields):
     """Response Code (0x0F55): ``request op code u16``, ``response code u8``."""
 
     request_op_code: CommandOpCode | int
@@ -1650,22 +1265,9 @@ class CommandResponse(E2EValue):
     e2e_counter: int | None = None
 
     WHAT: ClassVar[str] = "Command CP Response Code"
-
-    def __post_init__(self) -> None:
-        check_uint(int(self.request_op_code), 16, "request op code")
-        check_uint(int(self.response_code), 8, "response code")
-        object.__setattr__(self, "request_op_code", known(CommandOpCode, self.request_op_code))
-        object.__setattr__(self, "response_code", known(IddResponseCode, self.response_code))
-
-    @classmethod
-    def read(cls, r: Reader, e2e_counter: int | None = None) -> Self:
-        _expect_op(r, _C.RESPONSE_CODE, cls.WHAT)
-        return cls(r.u16("request op code"), r.u8("response code"), e2e_counter)
-
-    def write(self, w: Writer) -> None:
-        w.u16(_C.RESPONSE_CODE, "op code")
-        w.u16(int(self.request_op_code), "request op code")
-        w.u8(int(self.response_code), "response code")
+    OP_CODE: ClassVar[int | None] = _C.RESPONSE_CODE
+    FIELDS: ClassVar[Fields] = (u16("request_op_code", CommandOpCode),
+                                u8("response_code", IddResponseCode))
 
     @property
     def is_success(self) -> bool:
@@ -1680,7 +1282,7 @@ _MODELLED_COMMAND_OPS: frozenset[int] = (
 
 
 @dataclass(frozen=True, slots=True)
-class CommandRaw(E2EValue):
+class CommandRaw(E2EFields):
     """A Command CP value whose operand is not modelled (the template procedures): the op
     code and its operand bytes, kept exactly."""
 
@@ -1691,18 +1293,7 @@ class CommandRaw(E2EValue):
     WHAT: ClassVar[str] = "IDD Command CP"
     OP_CODES: ClassVar[frozenset[int]] = frozenset(
         int(op) for op in CommandOpCode if op not in _MODELLED_COMMAND_OPS)
-
-    def __post_init__(self) -> None:
-        _check_group(self, self.OP_CODES)
-        object.__setattr__(self, "operand", bytes(self.operand))
-
-    @classmethod
-    def read(cls, r: Reader, e2e_counter: int | None = None) -> Self:
-        op = _read_op(r, dict.fromkeys(cls.OP_CODES), cls.WHAT)
-        return cls(CommandOpCode(op), r.rest(), e2e_counter)
-
-    def write(self, w: Writer) -> None:
-        w.u16(int(self.op_code), "op code").raw(self.operand)
+    FIELDS: ClassVar[Fields] = (OpCodeOf(OP_CODES, CommandOpCode, WHAT), Rest("operand"))
 
 
 CommandMessage = (CommandRequest | SetTherapyControlState | AnnunciationCommand
@@ -1730,7 +1321,7 @@ def parse_command_cp(data: bytes, e2e: bool = False) -> CommandMessage:
 
 
 @dataclass(frozen=True, slots=True)
-class CommandData(E2EValue):
+class CommandData(E2EFields):
     """IDD Command Data (0x2B26): the device's notifications carrying template data.
 
     ``op code u16`` then the response data, kept as bytes (the template layouts are not
@@ -1745,18 +1336,7 @@ class CommandData(E2EValue):
     WHAT: ClassVar[str] = "IDD Command Data"
     OP_CODES: ClassVar[frozenset[int]] = frozenset(
         int(op) for op in COMMAND_CP_RESPONSE_OP_CODES if op != _C.RESPONSE_CODE)
-
-    def __post_init__(self) -> None:
-        _check_group(self, self.OP_CODES)
-        object.__setattr__(self, "data", bytes(self.data))
-
-    @classmethod
-    def read(cls, r: Reader, e2e_counter: int | None = None) -> Self:
-        op = _read_op(r, dict.fromkeys(cls.OP_CODES), cls.WHAT)
-        return cls(CommandOpCode(op), r.rest(), e2e_counter)
-
-    def write(self, w: Writer) -> None:
-        w.u16(int(self.op_code), "op code").raw(self.data)
+    FIELDS: ClassVar[Fields] = (OpCodeOf(OP_CODES, CommandOpCode, WHAT), Rest("data"))
 
 
 # --------------------------------------------------------------------------------------------

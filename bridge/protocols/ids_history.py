@@ -21,27 +21,41 @@ import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import IntEnum, IntFlag
-from typing import Any, ClassVar, Self
+from typing import ClassVar, Self
 
 from bridge.errors import ValueOutOfRange
 from bridge.protocols.codec import known
 from bridge.protocols.date_time import DateTime
 from bridge.protocols.ids import (
+    BOLUS_AMOUNT_FIELDS,
+    BOLUS_OPTION_FIELDS,
+    TBR_OPTION_FIELDS,
     AnnunciationStatus,
     AnnunciationType,
     BolusActivationType,
+    BolusAmounts,
     BolusFlags,
     BolusType,
     DeliveryContext,
     E2EValue,
     OperationalState,
+    TbrFlags,
     TbrType,
     TherapyControlState,
-    check_optional,
-    check_uint,
     e2e_codecs,
-    read_sfloat,
-    write_sfloat,
+)
+from bridge.protocols.layout import (
+    AsFloat,
+    Fields,
+    LaidOut,
+    Part,
+    Sint,
+    check_fields,
+    check_uint,
+    sfloat,
+    u8,
+    u16,
+    u32,
 )
 from bridge.protocols.mder_float import SFloat
 from bridge.protocols.wire import Reader, Writer
@@ -119,41 +133,16 @@ class PrimingTerminationReason(IntEnum):
     ERROR_ABORT = 0x55
 
 
-def _u8_enum(obj: Any, name: str, enum_cls: type[IntEnum]) -> None:
-    value = getattr(obj, name)
-    if value is None:
-        return
-    check_uint(int(value), 8, name)
-    object.__setattr__(obj, name, known(enum_cls, value))
-
-
-def _flags(obj: Any, flag_cls: type[IntFlag]) -> int:
-    flags = int(obj.flags)
-    check_uint(flags, 8, "flags")
-    object.__setattr__(obj, "flags", flag_cls(flags))
-    return flags
-
-
-def _sfloats(obj: Any, *names: str) -> None:
-    for name in names:
-        value = getattr(obj, name)
-        if not isinstance(value, SFloat):
-            raise ValueOutOfRange(f"{name} must be an SFloat, not {type(value).__name__}")
-
-
-class HistoryEventData:
-    """Base of the event payload classes: ``read`` consumes one payload, ``write`` emits it."""
+class HistoryEventData(LaidOut):
+    """Base of the event payload classes: ``FIELDS`` is the payload layout (see
+    :mod:`bridge.protocols.layout`), checked on construction, read and written in order."""
 
     __slots__ = ()
 
     EVENT_TYPES: ClassVar[tuple[HistoryEventType, ...]] = ()
 
-    @classmethod
-    def read(cls, r: Reader) -> Self:
-        raise NotImplementedError
-
-    def write(self, w: Writer) -> None:
-        raise NotImplementedError
+    def __post_init__(self) -> None:
+        check_fields(self, self.FIELDS)
 
     def __bytes__(self) -> bytes:
         w = Writer()
@@ -179,22 +168,9 @@ class ReferenceTime(HistoryEventData):
     dst_offset: int
 
     EVENT_TYPES: ClassVar[tuple[HistoryEventType, ...]] = (HistoryEventType.REFERENCE_TIME,)
-
-    def __post_init__(self) -> None:
-        _u8_enum(self, "recording_reason", RecordingReason)
-        if not -128 <= self.time_zone <= 127:
-            raise ValueOutOfRange(f"time zone {self.time_zone} does not fit sint8")
-        check_uint(self.dst_offset, 8, "DST offset")
-
-    @classmethod
-    def read(cls, r: Reader) -> Self:
-        return cls(r.u8("recording reason"), DateTime.read(r), r.s8("time zone"),
-                   r.u8("DST offset"))
-
-    def write(self, w: Writer) -> None:
-        w.u8(int(self.recording_reason), "recording reason")
-        self.date_time.write(w)
-        w.s8(self.time_zone, "time zone").u8(self.dst_offset, "DST offset")
+    FIELDS: ClassVar[Fields] = (u8("recording_reason", RecordingReason),
+                                Part("date_time", DateTime.read), Sint("time_zone", 1),
+                                u8("dst_offset", what="DST offset"))
 
     @property
     def utc_offset(self) -> dt.timedelta | None:
@@ -216,20 +192,8 @@ class ReferenceTimeBaseOffset(HistoryEventData):
 
     EVENT_TYPES: ClassVar[tuple[HistoryEventType, ...]] = (
         HistoryEventType.REFERENCE_TIME_BASE_OFFSET,)
-
-    def __post_init__(self) -> None:
-        _u8_enum(self, "recording_reason", RecordingReason)
-        if not -32768 <= self.time_offset <= 32767:
-            raise ValueOutOfRange(f"time offset {self.time_offset} does not fit sint16")
-
-    @classmethod
-    def read(cls, r: Reader) -> Self:
-        return cls(r.u8("recording reason"), DateTime.read(r), r.s16("time offset"))
-
-    def write(self, w: Writer) -> None:
-        w.u8(int(self.recording_reason), "recording reason")
-        self.base_time.write(w)
-        w.s16(self.time_offset, "time offset")
+    FIELDS: ClassVar[Fields] = (u8("recording_reason", RecordingReason),
+                                Part("base_time", DateTime.read), Sint("time_offset", 2))
 
 
 # --------------------------------------------------------------------------------------------
@@ -244,21 +208,9 @@ class _BolusCalculated(HistoryEventData):
     correction_fast_amount: SFloat
     correction_extended_amount: SFloat
 
-    def __post_init__(self) -> None:
-        _sfloats(self, "meal_fast_amount", "meal_extended_amount", "correction_fast_amount",
-                 "correction_extended_amount")
-
-    @classmethod
-    def read(cls, r: Reader) -> Self:
-        return cls(read_sfloat(r, "meal fast amount"), read_sfloat(r, "meal extended amount"),
-                   read_sfloat(r, "correction fast amount"),
-                   read_sfloat(r, "correction extended amount"))
-
-    def write(self, w: Writer) -> None:
-        write_sfloat(w, self.meal_fast_amount, "meal fast amount")
-        write_sfloat(w, self.meal_extended_amount, "meal extended amount")
-        write_sfloat(w, self.correction_fast_amount, "correction fast amount")
-        write_sfloat(w, self.correction_extended_amount, "correction extended amount")
+    FIELDS: ClassVar[Fields] = (sfloat("meal_fast_amount"), sfloat("meal_extended_amount"),
+                                sfloat("correction_fast_amount"),
+                                sfloat("correction_extended_amount"))
 
     @property
     def meal_iu(self) -> float:
@@ -293,37 +245,14 @@ class BolusCalculatedPart2(_BolusCalculated):
 
 
 @dataclass(frozen=True, slots=True)
-class _BolusPart1(HistoryEventData):
+class _BolusPart1(HistoryEventData, BolusAmounts):
     bolus_id: int
     bolus_type: BolusType | int
     fast_amount: SFloat
     extended_amount: SFloat
     duration: int
 
-    def __post_init__(self) -> None:
-        check_uint(self.bolus_id, 16, "bolus id")
-        _u8_enum(self, "bolus_type", BolusType)
-        _sfloats(self, "fast_amount", "extended_amount")
-        check_uint(self.duration, 16, "bolus duration")
-
-    @classmethod
-    def read(cls, r: Reader) -> Self:
-        return cls(r.u16("bolus id"), r.u8("bolus type"), read_sfloat(r, "fast amount"),
-                   read_sfloat(r, "extended amount"), r.u16("bolus duration"))
-
-    def write(self, w: Writer) -> None:
-        w.u16(self.bolus_id, "bolus id").u8(int(self.bolus_type), "bolus type")
-        write_sfloat(w, self.fast_amount, "fast amount")
-        write_sfloat(w, self.extended_amount, "extended amount")
-        w.u16(self.duration, "bolus duration")
-
-    @property
-    def fast_amount_iu(self) -> float:
-        return float(self.fast_amount)
-
-    @property
-    def extended_amount_iu(self) -> float:
-        return float(self.extended_amount)
+    FIELDS: ClassVar[Fields] = (u16("bolus_id"), *BOLUS_AMOUNT_FIELDS)
 
     @property
     def total_iu(self) -> float:
@@ -361,37 +290,7 @@ class BolusProgrammedPart2(HistoryEventData):
 
     EVENT_TYPES: ClassVar[tuple[HistoryEventType, ...]] = (
         HistoryEventType.BOLUS_PROGRAMMED_PART_2_OF_2,)
-
-    def __post_init__(self) -> None:
-        flags = _flags(self, BolusFlags)
-        check_optional(flags, BolusFlags.BOLUS_DELAY_TIME_PRESENT, self.delay_time,
-                       "delay_time")
-        check_optional(flags, BolusFlags.BOLUS_TEMPLATE_NUMBER_PRESENT, self.template_number,
-                       "template_number")
-        check_optional(flags, BolusFlags.BOLUS_ACTIVATION_TYPE_PRESENT, self.activation_type,
-                       "activation_type")
-        check_uint(self.delay_time, 16, "delay time")
-        check_uint(self.template_number, 8, "template number")
-        _u8_enum(self, "activation_type", BolusActivationType)
-
-    @classmethod
-    def read(cls, r: Reader) -> Self:
-        flags = r.u8("flags")
-        delay = r.u16("delay time") if flags & BolusFlags.BOLUS_DELAY_TIME_PRESENT else None
-        template = (r.u8("template number")
-                    if flags & BolusFlags.BOLUS_TEMPLATE_NUMBER_PRESENT else None)
-        activation = (r.u8("activation type")
-                      if flags & BolusFlags.BOLUS_ACTIVATION_TYPE_PRESENT else None)
-        return cls(BolusFlags(flags), delay, template, activation)
-
-    def write(self, w: Writer) -> None:
-        w.u8(int(self.flags), "flags")
-        if self.delay_time is not None:
-            w.u16(self.delay_time, "delay time")
-        if self.template_number is not None:
-            w.u8(self.template_number, "template number")
-        if self.activation_type is not None:
-            w.u8(int(self.activation_type), "activation type")
+    FIELDS: ClassVar[Fields] = (u8("flags", BolusFlags), *BOLUS_OPTION_FIELDS)
 
 
 class BolusDeliveredFlags(IntFlag):
@@ -416,41 +315,13 @@ class BolusDeliveredPart2(HistoryEventData):
 
     EVENT_TYPES: ClassVar[tuple[HistoryEventType, ...]] = (
         HistoryEventType.BOLUS_DELIVERED_PART_2_OF_2,)
-
-    def __post_init__(self) -> None:
-        flags = _flags(self, BolusDeliveredFlags)
-        check_uint(self.start_time_offset, 32, "start time offset")
-        check_optional(flags, BolusDeliveredFlags.BOLUS_ACTIVATION_TYPE_PRESENT,
-                       self.activation_type, "activation_type")
-        check_optional(flags, BolusDeliveredFlags.BOLUS_END_REASON_PRESENT, self.end_reason,
-                       "end_reason")
-        check_optional(flags, BolusDeliveredFlags.ANNUNCIATION_INSTANCE_ID_PRESENT,
-                       self.annunciation_instance_id, "annunciation_instance_id")
-        _u8_enum(self, "activation_type", BolusActivationType)
-        _u8_enum(self, "end_reason", BolusEndReason)
-        check_uint(self.annunciation_instance_id, 16, "annunciation instance id")
-
-    @classmethod
-    def read(cls, r: Reader) -> Self:
-        flags = r.u8("flags")
-        offset = r.u32("start time offset")
-        activation = (r.u8("activation type")
-                      if flags & BolusDeliveredFlags.BOLUS_ACTIVATION_TYPE_PRESENT else None)
-        reason = (r.u8("end reason")
-                  if flags & BolusDeliveredFlags.BOLUS_END_REASON_PRESENT else None)
-        annunciation = (r.u16("annunciation instance id")
-                        if flags & BolusDeliveredFlags.ANNUNCIATION_INSTANCE_ID_PRESENT
-                        else None)
-        return cls(BolusDeliveredFlags(flags), offset, activation, reason, annunciation)
-
-    def write(self, w: Writer) -> None:
-        w.u8(int(self.flags), "flags").u32(self.start_time_offset, "start time offset")
-        if self.activation_type is not None:
-            w.u8(int(self.activation_type), "activation type")
-        if self.end_reason is not None:
-            w.u8(int(self.end_reason), "end reason")
-        if self.annunciation_instance_id is not None:
-            w.u16(self.annunciation_instance_id, "annunciation instance id")
+    FIELDS: ClassVar[Fields] = (
+        u8("flags", BolusDeliveredFlags), u32("start_time_offset"),
+        u8("activation_type", BolusActivationType,
+           when=BolusDeliveredFlags.BOLUS_ACTIVATION_TYPE_PRESENT),
+        u8("end_reason", BolusEndReason, when=BolusDeliveredFlags.BOLUS_END_REASON_PRESENT),
+        u16("annunciation_instance_id",
+            when=BolusDeliveredFlags.ANNUNCIATION_INSTANCE_ID_PRESENT))
 
 
 # --------------------------------------------------------------------------------------------
@@ -476,37 +347,13 @@ class DeliveredBasalRateChanged(HistoryEventData):
 
     EVENT_TYPES: ClassVar[tuple[HistoryEventType, ...]] = (
         HistoryEventType.DELIVERED_BASAL_RATE_CHANGED,)
+    FIELDS: ClassVar[Fields] = (
+        u8("flags", BasalRateChangedFlags), sfloat("old_rate"), sfloat("new_rate"),
+        u8("delivery_context", DeliveryContext,
+           when=BasalRateChangedFlags.BASAL_DELIVERY_CONTEXT_PRESENT))
 
-    def __post_init__(self) -> None:
-        flags = _flags(self, BasalRateChangedFlags)
-        _sfloats(self, "old_rate", "new_rate")
-        check_optional(flags, BasalRateChangedFlags.BASAL_DELIVERY_CONTEXT_PRESENT,
-                       self.delivery_context, "delivery_context")
-        _u8_enum(self, "delivery_context", DeliveryContext)
-
-    @classmethod
-    def read(cls, r: Reader) -> Self:
-        flags = r.u8("flags")
-        old = read_sfloat(r, "old basal rate")
-        new = read_sfloat(r, "new basal rate")
-        context = (r.u8("basal delivery context")
-                   if flags & BasalRateChangedFlags.BASAL_DELIVERY_CONTEXT_PRESENT else None)
-        return cls(BasalRateChangedFlags(flags), old, new, context)
-
-    def write(self, w: Writer) -> None:
-        w.u8(int(self.flags), "flags")
-        write_sfloat(w, self.old_rate, "old basal rate")
-        write_sfloat(w, self.new_rate, "new basal rate")
-        if self.delivery_context is not None:
-            w.u8(int(self.delivery_context), "basal delivery context")
-
-    @property
-    def old_rate_iu_per_h(self) -> float:
-        return float(self.old_rate)
-
-    @property
-    def new_rate_iu_per_h(self) -> float:
-        return float(self.new_rate)
+    old_rate_iu_per_h = AsFloat("old_rate")
+    new_rate_iu_per_h = AsFloat("new_rate")
 
 
 class TbrEventFlags(IntFlag):
@@ -516,21 +363,38 @@ class TbrEventFlags(IntFlag):
     TBR_DELIVERY_CONTEXT_PRESENT = 1 << 1
 
 
-def _check_tbr_event(obj: Any) -> None:
-    flags = _flags(obj, TbrEventFlags)
-    _u8_enum(obj, "tbr_type", TbrType)
-    _sfloats(obj, "adjustment_value")
-    check_uint(obj.duration_programmed, 16, "TBR duration programmed")
-    check_optional(flags, TbrEventFlags.TBR_TEMPLATE_NUMBER_PRESENT, obj.template_number,
-                   "template_number")
-    check_optional(flags, TbrEventFlags.TBR_DELIVERY_CONTEXT_PRESENT, obj.delivery_context,
-                   "delivery_context")
-    check_uint(obj.template_number, 8, "TBR template number")
-    _u8_enum(obj, "delivery_context", DeliveryContext)
+# The optional tail is Set TBR Adjustment's (IDS 1.0 §3.6): the same two flag bits.
+assert [int(TbrEventFlags.TBR_TEMPLATE_NUMBER_PRESENT),
+        int(TbrEventFlags.TBR_DELIVERY_CONTEXT_PRESENT)] == [
+    int(TbrFlags.TBR_TEMPLATE_NUMBER_PRESENT), int(TbrFlags.TBR_DELIVERY_CONTEXT_PRESENT)]
+
+#: Flags, TBR type, adjustment value and programmed duration of TBR Adjustment Started and
+#: Changed.
+_TBR_EVENT_FIELDS: Fields = (u8("flags", TbrEventFlags), u8("tbr_type", TbrType),
+                             sfloat("adjustment_value"), u16("duration_programmed"))
+
+
+class _TbrAdjustment:
+    """The adjustment of a TBR event in its units."""
+
+    __slots__ = ()
+
+    tbr_type: TbrType | int
+    adjustment_value: SFloat
+
+    @property
+    def adjustment(self) -> float:
+        """IU/h for an absolute TBR, the scaling factor for a relative one."""
+        return float(self.adjustment_value)
+
+    @property
+    def absolute_rate_iu_per_h(self) -> float | None:
+        """The temporary basal rate in IU/h, or ``None`` unless the TBR is absolute."""
+        return float(self.adjustment_value) if self.tbr_type == TbrType.ABSOLUTE else None
 
 
 @dataclass(frozen=True, slots=True)
-class TbrAdjustmentStarted(HistoryEventData):
+class TbrAdjustmentStarted(HistoryEventData, _TbrAdjustment):
     """TBR Adjustment Started (0x00A5): ``flags u8``, ``TBR type u8`` (absolute /
     relative), ``adjustment value SFLOAT`` (IU/h when absolute, a dimensionless factor when
     relative), ``duration programmed u16`` (min), ``[template number u8]``, ``[delivery
@@ -546,44 +410,11 @@ class TbrAdjustmentStarted(HistoryEventData):
 
     EVENT_TYPES: ClassVar[tuple[HistoryEventType, ...]] = (
         HistoryEventType.TBR_ADJUSTMENT_STARTED,)
-
-    def __post_init__(self) -> None:
-        _check_tbr_event(self)
-
-    @classmethod
-    def read(cls, r: Reader) -> Self:
-        flags = r.u8("flags")
-        tbr_type = r.u8("TBR type")
-        value = read_sfloat(r, "TBR adjustment value")
-        programmed = r.u16("TBR duration programmed")
-        template = (r.u8("TBR template number")
-                    if flags & TbrEventFlags.TBR_TEMPLATE_NUMBER_PRESENT else None)
-        context = (r.u8("TBR delivery context")
-                   if flags & TbrEventFlags.TBR_DELIVERY_CONTEXT_PRESENT else None)
-        return cls(TbrEventFlags(flags), tbr_type, value, programmed, template, context)
-
-    def write(self, w: Writer) -> None:
-        w.u8(int(self.flags), "flags").u8(int(self.tbr_type), "TBR type")
-        write_sfloat(w, self.adjustment_value, "TBR adjustment value")
-        w.u16(self.duration_programmed, "TBR duration programmed")
-        if self.template_number is not None:
-            w.u8(self.template_number, "TBR template number")
-        if self.delivery_context is not None:
-            w.u8(int(self.delivery_context), "TBR delivery context")
-
-    @property
-    def adjustment(self) -> float:
-        """IU/h for an absolute TBR, the scaling factor for a relative one."""
-        return float(self.adjustment_value)
-
-    @property
-    def absolute_rate_iu_per_h(self) -> float | None:
-        """The temporary basal rate in IU/h, or ``None`` unless the TBR is absolute."""
-        return float(self.adjustment_value) if self.tbr_type == TbrType.ABSOLUTE else None
+    FIELDS: ClassVar[Fields] = (*_TBR_EVENT_FIELDS, *TBR_OPTION_FIELDS)
 
 
 @dataclass(frozen=True, slots=True)
-class TbrAdjustmentChanged(HistoryEventData):
+class TbrAdjustmentChanged(HistoryEventData, _TbrAdjustment):
     """TBR Adjustment Changed (0x00C3): as TBR Adjustment Started plus ``duration elapsed
     u16`` (min) after the programmed duration. UNCONFIRMED layout (follows the public
     Android IDD parser; the delivery-context flag as for TBR Adjustment Started)."""
@@ -598,42 +429,8 @@ class TbrAdjustmentChanged(HistoryEventData):
 
     EVENT_TYPES: ClassVar[tuple[HistoryEventType, ...]] = (
         HistoryEventType.TBR_ADJUSTMENT_CHANGED,)
-
-    def __post_init__(self) -> None:
-        _check_tbr_event(self)
-        check_uint(self.duration_elapsed, 16, "TBR duration elapsed")
-
-    @classmethod
-    def read(cls, r: Reader) -> Self:
-        flags = r.u8("flags")
-        tbr_type = r.u8("TBR type")
-        value = read_sfloat(r, "TBR adjustment value")
-        programmed = r.u16("TBR duration programmed")
-        elapsed = r.u16("TBR duration elapsed")
-        template = (r.u8("TBR template number")
-                    if flags & TbrEventFlags.TBR_TEMPLATE_NUMBER_PRESENT else None)
-        context = (r.u8("TBR delivery context")
-                   if flags & TbrEventFlags.TBR_DELIVERY_CONTEXT_PRESENT else None)
-        return cls(TbrEventFlags(flags), tbr_type, value, programmed, elapsed, template,
-                   context)
-
-    def write(self, w: Writer) -> None:
-        w.u8(int(self.flags), "flags").u8(int(self.tbr_type), "TBR type")
-        write_sfloat(w, self.adjustment_value, "TBR adjustment value")
-        w.u16(self.duration_programmed, "TBR duration programmed")
-        w.u16(self.duration_elapsed, "TBR duration elapsed")
-        if self.template_number is not None:
-            w.u8(self.template_number, "TBR template number")
-        if self.delivery_context is not None:
-            w.u8(int(self.delivery_context), "TBR delivery context")
-
-    @property
-    def adjustment(self) -> float:
-        return float(self.adjustment_value)
-
-    @property
-    def absolute_rate_iu_per_h(self) -> float | None:
-        return float(self.adjustment_value) if self.tbr_type == TbrType.ABSOLUTE else None
+    FIELDS: ClassVar[Fields] = (*_TBR_EVENT_FIELDS, u16("duration_elapsed"),
+                                *TBR_OPTION_FIELDS)
 
 
 class TbrEndedFlags(IntFlag):
@@ -659,39 +456,11 @@ class TbrAdjustmentEnded(HistoryEventData):
 
     EVENT_TYPES: ClassVar[tuple[HistoryEventType, ...]] = (
         HistoryEventType.TBR_ADJUSTMENT_ENDED,)
-
-    def __post_init__(self) -> None:
-        flags = _flags(self, TbrEndedFlags)
-        _u8_enum(self, "tbr_type", TbrType)
-        check_uint(self.effective_duration, 16, "effective TBR duration")
-        _u8_enum(self, "end_reason", TbrEndReason)
-        check_optional(flags, TbrEndedFlags.LAST_SET_TBR_TEMPLATE_NUMBER_PRESENT,
-                       self.template_number, "template_number")
-        check_optional(flags, TbrEndedFlags.ANNUNCIATION_INSTANCE_ID_PRESENT,
-                       self.annunciation_instance_id, "annunciation_instance_id")
-        check_uint(self.template_number, 8, "TBR template number")
-        check_uint(self.annunciation_instance_id, 16, "annunciation instance id")
-
-    @classmethod
-    def read(cls, r: Reader) -> Self:
-        flags = r.u8("flags")
-        tbr_type = r.u8("TBR type")
-        duration = r.u16("effective TBR duration")
-        reason = r.u8("TBR end reason")
-        template = (r.u8("TBR template number")
-                    if flags & TbrEndedFlags.LAST_SET_TBR_TEMPLATE_NUMBER_PRESENT else None)
-        annunciation = (r.u16("annunciation instance id")
-                        if flags & TbrEndedFlags.ANNUNCIATION_INSTANCE_ID_PRESENT else None)
-        return cls(TbrEndedFlags(flags), tbr_type, duration, reason, template, annunciation)
-
-    def write(self, w: Writer) -> None:
-        w.u8(int(self.flags), "flags").u8(int(self.tbr_type), "TBR type")
-        w.u16(self.effective_duration, "effective TBR duration")
-        w.u8(int(self.end_reason), "TBR end reason")
-        if self.template_number is not None:
-            w.u8(self.template_number, "TBR template number")
-        if self.annunciation_instance_id is not None:
-            w.u16(self.annunciation_instance_id, "annunciation instance id")
+    FIELDS: ClassVar[Fields] = (
+        u8("flags", TbrEndedFlags), u8("tbr_type", TbrType), u16("effective_duration"),
+        u8("end_reason", TbrEndReason),
+        u8("template_number", when=TbrEndedFlags.LAST_SET_TBR_TEMPLATE_NUMBER_PRESENT),
+        u16("annunciation_instance_id", when=TbrEndedFlags.ANNUNCIATION_INSTANCE_ID_PRESENT))
 
 
 # --------------------------------------------------------------------------------------------
@@ -722,33 +491,12 @@ class TotalDailyInsulinDelivery(HistoryEventData):
 
     EVENT_TYPES: ClassVar[tuple[HistoryEventType, ...]] = (
         HistoryEventType.TOTAL_DAILY_INSULIN_DELIVERY,)
+    FIELDS: ClassVar[Fields] = (
+        u8("flags", TotalDailyInsulinFlags), sfloat("bolus_delivered", what="sum of bolus"),
+        sfloat("basal_delivered", what="sum of basal"), u16("year"), u8("month"), u8("day"))
 
-    def __post_init__(self) -> None:
-        _flags(self, TotalDailyInsulinFlags)
-        _sfloats(self, "bolus_delivered", "basal_delivered")
-        check_uint(self.year, 16, "year")
-        check_uint(self.month, 8, "month")
-        check_uint(self.day, 8, "day")
-
-    @classmethod
-    def read(cls, r: Reader) -> Self:
-        return cls(TotalDailyInsulinFlags(r.u8("flags")), read_sfloat(r, "sum of bolus"),
-                   read_sfloat(r, "sum of basal"), r.u16("year"), r.u8("month"),
-                   r.u8("day"))
-
-    def write(self, w: Writer) -> None:
-        w.u8(int(self.flags), "flags")
-        write_sfloat(w, self.bolus_delivered, "sum of bolus")
-        write_sfloat(w, self.basal_delivered, "sum of basal")
-        w.u16(self.year, "year").u8(self.month, "month").u8(self.day, "day")
-
-    @property
-    def bolus_iu(self) -> float:
-        return float(self.bolus_delivered)
-
-    @property
-    def basal_iu(self) -> float:
-        return float(self.basal_delivered)
+    bolus_iu = AsFloat("bolus_delivered")
+    basal_iu = AsFloat("basal_delivered")
 
     @property
     def total_iu(self) -> float:
@@ -773,17 +521,8 @@ class TherapyControlStateChanged(HistoryEventData):
 
     EVENT_TYPES: ClassVar[tuple[HistoryEventType, ...]] = (
         HistoryEventType.THERAPY_CONTROL_STATE_CHANGED,)
-
-    def __post_init__(self) -> None:
-        _u8_enum(self, "old_state", TherapyControlState)
-        _u8_enum(self, "new_state", TherapyControlState)
-
-    @classmethod
-    def read(cls, r: Reader) -> Self:
-        return cls(r.u8("old therapy control state"), r.u8("new therapy control state"))
-
-    def write(self, w: Writer) -> None:
-        w.u8(int(self.old_state), "old state").u8(int(self.new_state), "new state")
+    FIELDS: ClassVar[Fields] = (u8("old_state", TherapyControlState),
+                                u8("new_state", TherapyControlState))
 
 
 @dataclass(frozen=True, slots=True)
@@ -795,17 +534,8 @@ class OperationalStateChanged(HistoryEventData):
 
     EVENT_TYPES: ClassVar[tuple[HistoryEventType, ...]] = (
         HistoryEventType.OPERATIONAL_STATE_CHANGED,)
-
-    def __post_init__(self) -> None:
-        _u8_enum(self, "old_state", OperationalState)
-        _u8_enum(self, "new_state", OperationalState)
-
-    @classmethod
-    def read(cls, r: Reader) -> Self:
-        return cls(r.u8("old operational state"), r.u8("new operational state"))
-
-    def write(self, w: Writer) -> None:
-        w.u8(int(self.old_state), "old state").u8(int(self.new_state), "new state")
+    FIELDS: ClassVar[Fields] = (u8("old_state", OperationalState),
+                                u8("new_state", OperationalState))
 
 
 @dataclass(frozen=True, slots=True)
@@ -821,20 +551,9 @@ class ReservoirRemainingAmountChanged(HistoryEventData):
 
     EVENT_TYPES: ClassVar[tuple[HistoryEventType, ...]] = (
         HistoryEventType.RESERVOIR_REMAINING_AMOUNT_CHANGED,)
+    FIELDS: ClassVar[Fields] = (sfloat("remaining_amount", what="reservoir remaining amount"),)
 
-    def __post_init__(self) -> None:
-        _sfloats(self, "remaining_amount")
-
-    @classmethod
-    def read(cls, r: Reader) -> Self:
-        return cls(read_sfloat(r, "reservoir remaining amount"))
-
-    def write(self, w: Writer) -> None:
-        write_sfloat(w, self.remaining_amount, "reservoir remaining amount")
-
-    @property
-    def remaining_iu(self) -> float:
-        return float(self.remaining_amount)
+    remaining_iu = AsFloat("remaining_amount")
 
 
 class AnnunciationChangedPart1Flags(IntFlag):
@@ -858,42 +577,11 @@ class AnnunciationStatusChangedPart1(HistoryEventData):
 
     EVENT_TYPES: ClassVar[tuple[HistoryEventType, ...]] = (
         HistoryEventType.ANNUNCIATION_STATUS_CHANGED_PART_1_OF_2,)
-
-    def __post_init__(self) -> None:
-        flags = _flags(self, AnnunciationChangedPart1Flags)
-        check_uint(self.annunciation_instance_id, 16, "annunciation instance id")
-        check_uint(int(self.annunciation_type), 16, "annunciation type")
-        object.__setattr__(self, "annunciation_type",
-                           known(AnnunciationType, self.annunciation_type))
-        _u8_enum(self, "annunciation_status", AnnunciationStatus)
-        check_optional(flags, AnnunciationChangedPart1Flags.AUX_INFO_1_PRESENT,
-                       self.aux_info_1, "aux_info_1")
-        check_optional(flags, AnnunciationChangedPart1Flags.AUX_INFO_2_PRESENT,
-                       self.aux_info_2, "aux_info_2")
-        check_uint(self.aux_info_1, 16, "aux info 1")
-        check_uint(self.aux_info_2, 16, "aux info 2")
-
-    @classmethod
-    def read(cls, r: Reader) -> Self:
-        flags = r.u8("flags")
-        ident = r.u16("annunciation instance id")
-        a_type = r.u16("annunciation type")
-        status = r.u8("annunciation status")
-        aux1 = (r.u16("aux info 1")
-                if flags & AnnunciationChangedPart1Flags.AUX_INFO_1_PRESENT else None)
-        aux2 = (r.u16("aux info 2")
-                if flags & AnnunciationChangedPart1Flags.AUX_INFO_2_PRESENT else None)
-        return cls(AnnunciationChangedPart1Flags(flags), ident, a_type, status, aux1, aux2)
-
-    def write(self, w: Writer) -> None:
-        w.u8(int(self.flags), "flags")
-        w.u16(self.annunciation_instance_id, "annunciation instance id")
-        w.u16(int(self.annunciation_type), "annunciation type")
-        w.u8(int(self.annunciation_status), "annunciation status")
-        if self.aux_info_1 is not None:
-            w.u16(self.aux_info_1, "aux info 1")
-        if self.aux_info_2 is not None:
-            w.u16(self.aux_info_2, "aux info 2")
+    FIELDS: ClassVar[Fields] = (
+        u8("flags", AnnunciationChangedPart1Flags), u16("annunciation_instance_id"),
+        u16("annunciation_type", AnnunciationType), u8("annunciation_status", AnnunciationStatus),
+        u16("aux_info_1", when=AnnunciationChangedPart1Flags.AUX_INFO_1_PRESENT),
+        u16("aux_info_2", when=AnnunciationChangedPart1Flags.AUX_INFO_2_PRESENT))
 
 
 class AnnunciationChangedPart2Flags(IntFlag):
@@ -916,33 +604,11 @@ class AnnunciationStatusChangedPart2(HistoryEventData):
 
     EVENT_TYPES: ClassVar[tuple[HistoryEventType, ...]] = (
         HistoryEventType.ANNUNCIATION_STATUS_CHANGED_PART_2_OF_2,)
-
-    _BITS: ClassVar[tuple[AnnunciationChangedPart2Flags, ...]] = (
-        AnnunciationChangedPart2Flags.AUX_INFO_3_PRESENT,
-        AnnunciationChangedPart2Flags.AUX_INFO_4_PRESENT,
-        AnnunciationChangedPart2Flags.AUX_INFO_5_PRESENT)
-
-    def __post_init__(self) -> None:
-        flags = _flags(self, AnnunciationChangedPart2Flags)
-        for i, (bit, value) in enumerate(zip(self._BITS, self._values(), strict=True), 3):
-            check_optional(flags, bit, value, f"aux_info_{i}")
-            check_uint(value, 16, f"aux info {i}")
-
-    def _values(self) -> tuple[int | None, int | None, int | None]:
-        return self.aux_info_3, self.aux_info_4, self.aux_info_5
-
-    @classmethod
-    def read(cls, r: Reader) -> Self:
-        flags = r.u8("flags")
-        a3, a4, a5 = (r.u16(f"aux info {i}") if flags & bit else None
-                      for i, bit in enumerate(cls._BITS, 3))
-        return cls(AnnunciationChangedPart2Flags(flags), a3, a4, a5)
-
-    def write(self, w: Writer) -> None:
-        w.u8(int(self.flags), "flags")
-        for i, value in enumerate(self._values(), 3):
-            if value is not None:
-                w.u16(value, f"aux info {i}")
+    FIELDS: ClassVar[Fields] = (
+        u8("flags", AnnunciationChangedPart2Flags),
+        u16("aux_info_3", when=AnnunciationChangedPart2Flags.AUX_INFO_3_PRESENT),
+        u16("aux_info_4", when=AnnunciationChangedPart2Flags.AUX_INFO_4_PRESENT),
+        u16("aux_info_5", when=AnnunciationChangedPart2Flags.AUX_INFO_5_PRESENT))
 
 
 @dataclass(frozen=True, slots=True)
@@ -952,20 +618,9 @@ class PrimingStarted(HistoryEventData):
     amount: SFloat
 
     EVENT_TYPES: ClassVar[tuple[HistoryEventType, ...]] = (HistoryEventType.PRIMING_STARTED,)
+    FIELDS: ClassVar[Fields] = (sfloat("amount", what="priming amount"),)
 
-    def __post_init__(self) -> None:
-        _sfloats(self, "amount")
-
-    @classmethod
-    def read(cls, r: Reader) -> Self:
-        return cls(read_sfloat(r, "priming amount"))
-
-    def write(self, w: Writer) -> None:
-        write_sfloat(w, self.amount, "priming amount")
-
-    @property
-    def amount_iu(self) -> float:
-        return float(self.amount)
+    amount_iu = AsFloat("amount")
 
 
 class PrimingDoneFlags(IntFlag):
@@ -985,34 +640,12 @@ class PrimingDone(HistoryEventData):
     annunciation_instance_id: int | None = None
 
     EVENT_TYPES: ClassVar[tuple[HistoryEventType, ...]] = (HistoryEventType.PRIMING_DONE,)
+    FIELDS: ClassVar[Fields] = (
+        u8("flags", PrimingDoneFlags), sfloat("delivered_amount"),
+        u8("termination_reason", PrimingTerminationReason),
+        u16("annunciation_instance_id", when=PrimingDoneFlags.ANNUNCIATION_INSTANCE_ID_PRESENT))
 
-    def __post_init__(self) -> None:
-        flags = _flags(self, PrimingDoneFlags)
-        _sfloats(self, "delivered_amount")
-        _u8_enum(self, "termination_reason", PrimingTerminationReason)
-        check_optional(flags, PrimingDoneFlags.ANNUNCIATION_INSTANCE_ID_PRESENT,
-                       self.annunciation_instance_id, "annunciation_instance_id")
-        check_uint(self.annunciation_instance_id, 16, "annunciation instance id")
-
-    @classmethod
-    def read(cls, r: Reader) -> Self:
-        flags = r.u8("flags")
-        amount = read_sfloat(r, "delivered priming amount")
-        reason = r.u8("termination reason")
-        annunciation = (r.u16("annunciation instance id")
-                        if flags & PrimingDoneFlags.ANNUNCIATION_INSTANCE_ID_PRESENT else None)
-        return cls(PrimingDoneFlags(flags), amount, reason, annunciation)
-
-    def write(self, w: Writer) -> None:
-        w.u8(int(self.flags), "flags")
-        write_sfloat(w, self.delivered_amount, "delivered priming amount")
-        w.u8(int(self.termination_reason), "termination reason")
-        if self.annunciation_instance_id is not None:
-            w.u16(self.annunciation_instance_id, "annunciation instance id")
-
-    @property
-    def delivered_iu(self) -> float:
-        return float(self.delivered_amount)
+    delivered_iu = AsFloat("delivered_amount")
 
 
 @dataclass(frozen=True, slots=True)
@@ -1022,13 +655,6 @@ class DataCorruption(HistoryEventData):
 
     EVENT_TYPES: ClassVar[tuple[HistoryEventType, ...]] = (HistoryEventType.DATA_CORRUPTION,)
 
-    @classmethod
-    def read(cls, r: Reader) -> Self:
-        return cls()
-
-    def write(self, w: Writer) -> None:
-        return None
-
 
 @dataclass(frozen=True, slots=True)
 class PointerEvent(HistoryEventData):
@@ -1036,13 +662,6 @@ class PointerEvent(HistoryEventData):
     aligned with a manufacturer-specific history."""
 
     EVENT_TYPES: ClassVar[tuple[HistoryEventType, ...]] = (HistoryEventType.POINTER_EVENT,)
-
-    @classmethod
-    def read(cls, r: Reader) -> Self:
-        return cls()
-
-    def write(self, w: Writer) -> None:
-        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -1054,25 +673,11 @@ class MaxBolusAmountChanged(HistoryEventData):
 
     EVENT_TYPES: ClassVar[tuple[HistoryEventType, ...]] = (
         HistoryEventType.MAX_BOLUS_AMOUNT_CHANGED,)
+    FIELDS: ClassVar[Fields] = (sfloat("old_amount", what="old max bolus amount"),
+                                sfloat("new_amount", what="new max bolus amount"))
 
-    def __post_init__(self) -> None:
-        _sfloats(self, "old_amount", "new_amount")
-
-    @classmethod
-    def read(cls, r: Reader) -> Self:
-        return cls(read_sfloat(r, "old max bolus amount"), read_sfloat(r, "new max bolus amount"))
-
-    def write(self, w: Writer) -> None:
-        write_sfloat(w, self.old_amount, "old max bolus amount")
-        write_sfloat(w, self.new_amount, "new max bolus amount")
-
-    @property
-    def old_amount_iu(self) -> float:
-        return float(self.old_amount)
-
-    @property
-    def new_amount_iu(self) -> float:
-        return float(self.new_amount)
+    old_amount_iu = AsFloat("old_amount")
+    new_amount_iu = AsFloat("new_amount")
 
 
 _EVENT_CLASSES: tuple[type[HistoryEventData], ...] = (

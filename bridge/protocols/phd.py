@@ -22,10 +22,12 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum, IntFlag
+from functools import partial
 from typing import Any, ClassVar, Self
 
 from bridge.errors import MalformedFrame, TruncatedFrame, UnknownOpCode, ValueOutOfRange
 from bridge.protocols.codec import MessageCodec, known
+from bridge.protocols.layout import Field, Fields, LaidOut, Part, Uint, read_fields, write_fields
 from bridge.protocols.mdc import (
     ActionCode,
     AttrId,
@@ -238,29 +240,95 @@ MDS_HANDLE = 0
 
 
 # ------------------------------------------------------------------------------------------------
+# Field kinds of MDER (Annex F), named in messages by their ASN.1 names (Annex A)
+# ------------------------------------------------------------------------------------------------
+
+
+def _asn1(attr: str) -> str:
+    return attr.replace("_", "-")
+
+
+def _uint(attr: str, size: int, codes: type[IntEnum] | type[IntFlag] | None = None) -> Uint:
+    """INT-U8/U16/U32, or an enumeration or BITS field of that size."""
+    return Uint(attr, size, codes, what=_asn1(attr))
+
+
+class _OctetString(Field):
+    """OCTET STRING: INT-U16 length, then the bytes."""
+
+    __slots__ = ()
+
+    def __init__(self, attr: str) -> None:
+        super().__init__(attr, what=_asn1(attr))
+
+    def read(self, r: Reader) -> Any:
+        return read_octet_string(r, self.what)
+
+    def write(self, w: Writer, value: Any) -> None:
+        write_octet_string(w, value, self.what)
+
+
+class _Any(Part):
+    """ANY DEFINED BY / OCTET STRING holding one value: INT-U16 length, then the value."""
+
+    __slots__ = ()
+
+    def read(self, r: Reader) -> Any:
+        return read_any(r, self.what, self.parse)
+
+    def write(self, w: Writer, value: Any) -> None:
+        write_any(w, value.write, self.what)
+
+
+def _write_item(w: Writer, item: Any) -> None:
+    item.write(w)
+
+
+class _SequenceOf(Field):
+    """SEQUENCE OF: INT-U16 count, INT-U16 length, then the elements."""
+
+    __slots__ = ("read_item", "write_item")
+
+    def __init__(self, attr: str, read_item: Callable[[Reader], Any],
+                 write_item: Callable[[Writer, Any], None] = _write_item) -> None:
+        super().__init__(attr, what=_asn1(attr))
+        self.read_item = read_item
+        self.write_item = write_item
+
+    def read(self, r: Reader) -> Any:
+        return read_sequence(r, self.what, self.read_item)
+
+    def write(self, w: Writer, value: Any) -> None:
+        write_sequence(w, value, self.write_item, self.what)
+
+
+def _attributes(attr: str) -> Part:
+    """An AttributeList."""
+    return Part(attr, partial(AttributeList.read, what=_asn1(attr)))
+
+
+_OBJ_HANDLE = _uint("obj_handle", 2)
+_SCAN_REPORT_HEAD: Fields = (_uint("data_req_id", 2), _uint("scan_report_no", 2))
+
+
+# ------------------------------------------------------------------------------------------------
 # Association (Annex A)
 # ------------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
-class DataReqModeCapab:
+class DataReqModeCapab(LaidOut):
     data_req_mode_flags: DataReqModeFlags
     data_req_init_agent_count: int
     data_req_init_manager_count: int
 
-    @classmethod
-    def read(cls, r: Reader) -> Self:
-        return cls(DataReqModeFlags(r.u16("data-req-mode-flags")),
-                   r.u8("data-req-init-agent-count"), r.u8("data-req-init-manager-count"))
-
-    def write(self, w: Writer) -> None:
-        w.u16(self.data_req_mode_flags, "data-req-mode-flags")
-        w.u8(self.data_req_init_agent_count, "data-req-init-agent-count")
-        w.u8(self.data_req_init_manager_count, "data-req-init-manager-count")
+    FIELDS: ClassVar[Fields] = (_uint("data_req_mode_flags", 2, DataReqModeFlags),
+                                _uint("data_req_init_agent_count", 1),
+                                _uint("data_req_init_manager_count", 1))
 
 
 @dataclass(frozen=True, slots=True)
-class PhdAssociationInformation:
+class PhdAssociationInformation(LaidOut):
     """The data-proto-info of DataProto 20601 (Annex A)."""
 
     protocol_version: ProtocolVersion
@@ -272,6 +340,13 @@ class PhdAssociationInformation:
     dev_config_id: int
     data_req_mode_capab: DataReqModeCapab
     option_list: AttributeList = field(default_factory=AttributeList)
+
+    FIELDS: ClassVar[Fields] = (
+        _uint("protocol_version", 4, ProtocolVersion), _uint("encoding_rules", 2, EncodingRules),
+        _uint("nomenclature_version", 4, NomenclatureVersion),
+        _uint("functional_units", 4, FunctionalUnits), _uint("system_type", 4, SystemType),
+        _OctetString("system_id"), _uint("dev_config_id", 2),
+        Part("data_req_mode_capab", DataReqModeCapab.read), _attributes("option_list"))
 
     @classmethod
     def agent(cls, system_id: bytes, dev_config_id: int, *,
@@ -290,31 +365,6 @@ class PhdAssociationInformation:
                    NomenclatureVersion.NOM_VERSION1, FunctionalUnits(0),
                    SystemType.SYS_TYPE_MANAGER, system_id, MANAGER_CONFIG_RESPONSE,
                    DataReqModeCapab(DataReqModeFlags(0), 0, 0))
-
-    @classmethod
-    def read(cls, r: Reader) -> Self:
-        return cls(
-            ProtocolVersion(r.u32("protocol-version")),
-            EncodingRules(r.u16("encoding-rules")),
-            NomenclatureVersion(r.u32("nomenclature-version")),
-            FunctionalUnits(r.u32("functional-units")),
-            SystemType(r.u32("system-type")),
-            read_octet_string(r, "system-id"),
-            r.u16("dev-config-id"),
-            DataReqModeCapab.read(r),
-            AttributeList.read(r, "option-list"),
-        )
-
-    def write(self, w: Writer) -> None:
-        w.u32(self.protocol_version, "protocol-version")
-        w.u16(self.encoding_rules, "encoding-rules")
-        w.u32(self.nomenclature_version, "nomenclature-version")
-        w.u32(self.functional_units, "functional-units")
-        w.u32(self.system_type, "system-type")
-        write_octet_string(w, self.system_id, "system-id")
-        w.u16(self.dev_config_id, "dev-config-id")
-        self.data_req_mode_capab.write(w)
-        self.option_list.write(w)
 
 
 @dataclass(frozen=True, slots=True)
@@ -353,13 +403,19 @@ class DataProto:
 
 
 class _Apdu:
-    """Shared framing of the APDU CHOICE: tag, length, content (Annex A)."""
+    """Shared framing of the APDU CHOICE: tag, length, content (Annex A); the content is
+    ``FIELDS`` (see :mod:`bridge.protocols.layout`)."""
 
     __slots__ = ()
     TAG: ClassVar[ApduType]
+    FIELDS: ClassVar[Fields] = ()
+
+    @classmethod
+    def read_content(cls, r: Reader) -> Self:
+        return cls(**read_fields(r, cls.FIELDS))
 
     def write_content(self, w: Writer) -> None:
-        raise NotImplementedError
+        write_fields(w, self, self.FIELDS)
 
     def __bytes__(self) -> bytes:
         w = mder_writer()
@@ -383,6 +439,8 @@ class AarqApdu(_Apdu):
     assoc_version: AssociationVersion
     data_proto_list: tuple[DataProto, ...]
     TAG: ClassVar[ApduType] = ApduType.AARQ
+    FIELDS: ClassVar[Fields] = (_uint("assoc_version", 4, AssociationVersion),
+                                _SequenceOf("data_proto_list", DataProto.read))
 
     @classmethod
     def for_agent(cls, system_id: bytes, dev_config_id: int) -> Self:
@@ -396,15 +454,6 @@ class AarqApdu(_Apdu):
         return next((p.data_proto_info for p in self.data_proto_list
                      if isinstance(p.data_proto_info, PhdAssociationInformation)), None)
 
-    @classmethod
-    def read_content(cls, r: Reader) -> Self:
-        return cls(AssociationVersion(r.u32("assoc-version")),
-                   read_sequence(r, "data-proto-list", DataProto.read))
-
-    def write_content(self, w: Writer) -> None:
-        w.u32(self.assoc_version, "assoc-version")
-        write_sequence(w, self.data_proto_list, lambda w2, p: p.write(w2), "data-proto-list")
-
 
 @dataclass(frozen=True, slots=True)
 class AareApdu(_Apdu):
@@ -413,19 +462,13 @@ class AareApdu(_Apdu):
     result: AssociateResult | int
     selected_data_proto: DataProto
     TAG: ClassVar[ApduType] = ApduType.AARE
+    FIELDS: ClassVar[Fields] = (_uint("result", 2, AssociateResult),
+                                Part("selected_data_proto", DataProto.read))
 
     @classmethod
     def for_manager(cls, result: AssociateResult, system_id: bytes) -> Self:
         return cls(result, DataProto(DataProtoId.DATA_PROTO_ID_20601,
                                      PhdAssociationInformation.manager(system_id)))
-
-    @classmethod
-    def read_content(cls, r: Reader) -> Self:
-        return cls(known(AssociateResult, r.u16("result")), DataProto.read(r))
-
-    def write_content(self, w: Writer) -> None:
-        w.u16(self.result, "result")
-        self.selected_data_proto.write(w)
 
 
 @dataclass(frozen=True, slots=True)
@@ -434,13 +477,7 @@ class RlrqApdu(_Apdu):
 
     reason: ReleaseRequestReason | int = ReleaseRequestReason.NORMAL
     TAG: ClassVar[ApduType] = ApduType.RLRQ
-
-    @classmethod
-    def read_content(cls, r: Reader) -> Self:
-        return cls(known(ReleaseRequestReason, r.u16("reason")))
-
-    def write_content(self, w: Writer) -> None:
-        w.u16(self.reason, "reason")
+    FIELDS: ClassVar[Fields] = (_uint("reason", 2, ReleaseRequestReason),)
 
 
 @dataclass(frozen=True, slots=True)
@@ -449,13 +486,7 @@ class RlreApdu(_Apdu):
 
     reason: ReleaseResponseReason | int = ReleaseResponseReason.NORMAL
     TAG: ClassVar[ApduType] = ApduType.RLRE
-
-    @classmethod
-    def read_content(cls, r: Reader) -> Self:
-        return cls(known(ReleaseResponseReason, r.u16("reason")))
-
-    def write_content(self, w: Writer) -> None:
-        w.u16(self.reason, "reason")
+    FIELDS: ClassVar[Fields] = (_uint("reason", 2, ReleaseResponseReason),)
 
 
 @dataclass(frozen=True, slots=True)
@@ -464,13 +495,7 @@ class AbrtApdu(_Apdu):
 
     reason: AbortReason | int = AbortReason.UNDEFINED
     TAG: ClassVar[ApduType] = ApduType.ABRT
-
-    @classmethod
-    def read_content(cls, r: Reader) -> Self:
-        return cls(known(AbortReason, r.u16("reason")))
-
-    def write_content(self, w: Writer) -> None:
-        w.u16(self.reason, "reason")
+    FIELDS: ClassVar[Fields] = (_uint("reason", 2, AbortReason),)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -479,200 +504,132 @@ class AbrtApdu(_Apdu):
 
 
 @dataclass(frozen=True, slots=True)
-class ConfigObject:
+class ConfigObject(LaidOut):
     """ConfigObject ::= SEQUENCE { obj-class OID-Type, obj-handle HANDLE, attributes }."""
 
     obj_class: ObjClass | int
     obj_handle: int
     attributes: AttributeList
 
-    @classmethod
-    def read(cls, r: Reader) -> Self:
-        return cls(known(ObjClass, r.u16("obj-class")), r.u16("obj-handle"),
-                   AttributeList.read(r, "attributes"))
-
-    def write(self, w: Writer) -> None:
-        w.u16(self.obj_class, "obj-class").u16(self.obj_handle, "obj-handle")
-        self.attributes.write(w)
+    FIELDS: ClassVar[Fields] = (_uint("obj_class", 2, ObjClass), _OBJ_HANDLE,
+                                _attributes("attributes"))
 
 
 @dataclass(frozen=True, slots=True)
-class ConfigReport:
+class ConfigReport(LaidOut):
     """ConfigReport (MDC_NOTI_CONFIG event-info): the agent's objects and their attributes."""
 
     config_report_id: int
     config_obj_list: tuple[ConfigObject, ...]
 
     EVENT_TYPE: ClassVar[NotiCode] = NotiCode.MDC_NOTI_CONFIG
-
-    @classmethod
-    def read(cls, r: Reader) -> Self:
-        return cls(r.u16("config-report-id"),
-                   read_sequence(r, "config-obj-list", ConfigObject.read))
-
-    def write(self, w: Writer) -> None:
-        w.u16(self.config_report_id, "config-report-id")
-        write_sequence(w, self.config_obj_list, lambda w2, o: o.write(w2), "config-obj-list")
+    FIELDS: ClassVar[Fields] = (_uint("config_report_id", 2),
+                                _SequenceOf("config_obj_list", ConfigObject.read))
 
     def object(self, obj_handle: int) -> ConfigObject | None:
         return next((o for o in self.config_obj_list if o.obj_handle == obj_handle), None)
 
 
 @dataclass(frozen=True, slots=True)
-class ConfigReportRsp:
+class ConfigReportRsp(LaidOut):
     """ConfigReportRsp (the event-reply-info to MDC_NOTI_CONFIG)."""
 
     config_report_id: int
     config_result: ConfigResult | int
 
-    @classmethod
-    def read(cls, r: Reader) -> Self:
-        return cls(r.u16("config-report-id"), known(ConfigResult, r.u16("config-result")))
-
-    def write(self, w: Writer) -> None:
-        w.u16(self.config_report_id, "config-report-id").u16(self.config_result,
-                                                             "config-result")
+    FIELDS: ClassVar[Fields] = (_uint("config_report_id", 2),
+                                _uint("config_result", 2, ConfigResult))
 
 
 @dataclass(frozen=True, slots=True)
-class ObservationScanFixed:
+class ObservationScanFixed(LaidOut):
     """ObservationScanFixed: obj-handle and obs-val-data laid out by the Attribute-Value-Map."""
 
     obj_handle: int
     obs_val_data: bytes
 
-    @classmethod
-    def read(cls, r: Reader) -> Self:
-        return cls(r.u16("obj-handle"), read_octet_string(r, "obs-val-data"))
-
-    def write(self, w: Writer) -> None:
-        w.u16(self.obj_handle, "obj-handle")
-        write_octet_string(w, self.obs_val_data, "obs-val-data")
+    FIELDS: ClassVar[Fields] = (_OBJ_HANDLE, _OctetString("obs_val_data"))
 
 
 @dataclass(frozen=True, slots=True)
-class ObservationScan:
+class ObservationScan(LaidOut):
     """ObservationScan: obj-handle and a full AttributeList (variable format)."""
 
     obj_handle: int
     attributes: AttributeList
 
-    @classmethod
-    def read(cls, r: Reader) -> Self:
-        return cls(r.u16("obj-handle"), AttributeList.read(r, "attributes"))
-
-    def write(self, w: Writer) -> None:
-        w.u16(self.obj_handle, "obj-handle")
-        self.attributes.write(w)
+    FIELDS: ClassVar[Fields] = (_OBJ_HANDLE, _attributes("attributes"))
 
 
 @dataclass(frozen=True, slots=True)
-class ScanReportInfoFixed:
-    """MDC_NOTI_SCAN_REPORT_FIXED event-info."""
+class _ScanReportInfo(LaidOut):
+    """The head every scan report event-info starts with: data-req-id, scan-report-no
+    (Annex A)."""
 
     data_req_id: int
     scan_report_no: int
+
+
+@dataclass(frozen=True, slots=True)
+class ScanReportInfoFixed(_ScanReportInfo):
+    """MDC_NOTI_SCAN_REPORT_FIXED event-info."""
+
     obs_scan_fixed: tuple[ObservationScanFixed, ...]
 
     EVENT_TYPE: ClassVar[NotiCode] = NotiCode.MDC_NOTI_SCAN_REPORT_FIXED
-
-    @classmethod
-    def read(cls, r: Reader) -> Self:
-        return cls(r.u16("data-req-id"), r.u16("scan-report-no"),
-                   read_sequence(r, "obs-scan-fixed", ObservationScanFixed.read))
-
-    def write(self, w: Writer) -> None:
-        w.u16(self.data_req_id, "data-req-id").u16(self.scan_report_no, "scan-report-no")
-        write_sequence(w, self.obs_scan_fixed, lambda w2, o: o.write(w2), "obs-scan-fixed")
+    FIELDS: ClassVar[Fields] = (*_SCAN_REPORT_HEAD,
+                                _SequenceOf("obs_scan_fixed", ObservationScanFixed.read))
 
 
 @dataclass(frozen=True, slots=True)
-class ScanReportInfoVar:
+class ScanReportInfoVar(_ScanReportInfo):
     """MDC_NOTI_SCAN_REPORT_VAR event-info."""
 
-    data_req_id: int
-    scan_report_no: int
     obs_scan_var: tuple[ObservationScan, ...]
 
     EVENT_TYPE: ClassVar[NotiCode] = NotiCode.MDC_NOTI_SCAN_REPORT_VAR
-
-    @classmethod
-    def read(cls, r: Reader) -> Self:
-        return cls(r.u16("data-req-id"), r.u16("scan-report-no"),
-                   read_sequence(r, "obs-scan-var", ObservationScan.read))
-
-    def write(self, w: Writer) -> None:
-        w.u16(self.data_req_id, "data-req-id").u16(self.scan_report_no, "scan-report-no")
-        write_sequence(w, self.obs_scan_var, lambda w2, o: o.write(w2), "obs-scan-var")
+    FIELDS: ClassVar[Fields] = (*_SCAN_REPORT_HEAD,
+                                _SequenceOf("obs_scan_var", ObservationScan.read))
 
 
 @dataclass(frozen=True, slots=True)
-class ScanReportPerFixed:
+class ScanReportPerFixed(LaidOut):
     person_id: int
     obs_scan_fixed: tuple[ObservationScanFixed, ...]
 
-    @classmethod
-    def read(cls, r: Reader) -> Self:
-        return cls(r.u16("person-id"),
-                   read_sequence(r, "obs-scan-fixed", ObservationScanFixed.read))
-
-    def write(self, w: Writer) -> None:
-        w.u16(self.person_id, "person-id")
-        write_sequence(w, self.obs_scan_fixed, lambda w2, o: o.write(w2), "obs-scan-fixed")
+    FIELDS: ClassVar[Fields] = (_uint("person_id", 2),
+                                _SequenceOf("obs_scan_fixed", ObservationScanFixed.read))
 
 
 @dataclass(frozen=True, slots=True)
-class ScanReportInfoMPFixed:
+class ScanReportInfoMPFixed(_ScanReportInfo):
     """MDC_NOTI_SCAN_REPORT_MP_FIXED event-info (multiple persons)."""
 
-    data_req_id: int
-    scan_report_no: int
     scan_per_fixed: tuple[ScanReportPerFixed, ...]
 
     EVENT_TYPE: ClassVar[NotiCode] = NotiCode.MDC_NOTI_SCAN_REPORT_MP_FIXED
-
-    @classmethod
-    def read(cls, r: Reader) -> Self:
-        return cls(r.u16("data-req-id"), r.u16("scan-report-no"),
-                   read_sequence(r, "scan-per-fixed", ScanReportPerFixed.read))
-
-    def write(self, w: Writer) -> None:
-        w.u16(self.data_req_id, "data-req-id").u16(self.scan_report_no, "scan-report-no")
-        write_sequence(w, self.scan_per_fixed, lambda w2, o: o.write(w2), "scan-per-fixed")
+    FIELDS: ClassVar[Fields] = (*_SCAN_REPORT_HEAD,
+                                _SequenceOf("scan_per_fixed", ScanReportPerFixed.read))
 
 
 @dataclass(frozen=True, slots=True)
-class ScanReportPerVar:
+class ScanReportPerVar(LaidOut):
     person_id: int
     obs_scan_var: tuple[ObservationScan, ...]
 
-    @classmethod
-    def read(cls, r: Reader) -> Self:
-        return cls(r.u16("person-id"), read_sequence(r, "obs-scan-var", ObservationScan.read))
-
-    def write(self, w: Writer) -> None:
-        w.u16(self.person_id, "person-id")
-        write_sequence(w, self.obs_scan_var, lambda w2, o: o.write(w2), "obs-scan-var")
+    FIELDS: ClassVar[Fields] = (_uint("person_id", 2),
+                                _SequenceOf("obs_scan_var", ObservationScan.read))
 
 
 @dataclass(frozen=True, slots=True)
-class ScanReportInfoMPVar:
+class ScanReportInfoMPVar(_ScanReportInfo):
     """MDC_NOTI_SCAN_REPORT_MP_VAR event-info (multiple persons)."""
 
-    data_req_id: int
-    scan_report_no: int
     scan_per_var: tuple[ScanReportPerVar, ...]
 
     EVENT_TYPE: ClassVar[NotiCode] = NotiCode.MDC_NOTI_SCAN_REPORT_MP_VAR
-
-    @classmethod
-    def read(cls, r: Reader) -> Self:
-        return cls(r.u16("data-req-id"), r.u16("scan-report-no"),
-                   read_sequence(r, "scan-per-var", ScanReportPerVar.read))
-
-    def write(self, w: Writer) -> None:
-        w.u16(self.data_req_id, "data-req-id").u16(self.scan_report_no, "scan-report-no")
-        write_sequence(w, self.scan_per_var, lambda w2, o: o.write(w2), "scan-per-var")
+    FIELDS: ClassVar[Fields] = (*_SCAN_REPORT_HEAD,
+                                _SequenceOf("scan_per_var", ScanReportPerVar.read))
 
 
 EventInfo = (ConfigReport | ScanReportInfoFixed | ScanReportInfoVar | ScanReportInfoMPFixed
@@ -796,149 +753,97 @@ def _write_oid(w: Writer, attribute_id: int) -> None:
 
 
 @dataclass(frozen=True, slots=True)
-class GetArgumentSimple:
+class GetArgumentSimple(LaidOut):
     """roiv-cmip-get: obj-handle and the attribute ids wanted (empty = all)."""
 
     obj_handle: int = MDS_HANDLE
     attribute_id_list: tuple[AttrId | int, ...] = ()
 
-    @classmethod
-    def read(cls, r: Reader) -> Self:
-        return cls(r.u16("obj-handle"), read_sequence(r, "attribute-id-list", _read_oid))
-
-    def write(self, w: Writer) -> None:
-        w.u16(self.obj_handle, "obj-handle")
-        write_sequence(w, self.attribute_id_list, _write_oid, "attribute-id-list")
+    FIELDS: ClassVar[Fields] = (_OBJ_HANDLE,
+                                _SequenceOf("attribute_id_list", _read_oid, _write_oid))
 
 
 @dataclass(frozen=True, slots=True)
-class GetResultSimple:
-    """rors-cmip-get: obj-handle and its attribute list."""
+class _HandleAttributes(LaidOut):
+    """obj-handle and an AttributeList: the result of a GET and of a confirmed SET
+    (Annex A)."""
 
     obj_handle: int
     attribute_list: AttributeList
 
-    @classmethod
-    def read(cls, r: Reader) -> Self:
-        return cls(r.u16("obj-handle"), AttributeList.read(r, "attribute-list"))
-
-    def write(self, w: Writer) -> None:
-        w.u16(self.obj_handle, "obj-handle")
-        self.attribute_list.write(w)
+    FIELDS: ClassVar[Fields] = (_OBJ_HANDLE, _attributes("attribute_list"))
 
 
 @dataclass(frozen=True, slots=True)
-class AttributeModEntry:
+class GetResultSimple(_HandleAttributes):
+    """rors-cmip-get: obj-handle and its attribute list."""
+
+
+@dataclass(frozen=True, slots=True)
+class AttributeModEntry(LaidOut):
     modify_operator: ModifyOperator | int
     attribute: Ava
 
-    @classmethod
-    def read(cls, r: Reader) -> Self:
-        return cls(known(ModifyOperator, r.u16("modify-operator")), Ava.read(r))
-
-    def write(self, w: Writer) -> None:
-        w.u16(self.modify_operator, "modify-operator")
-        self.attribute.write(w)
+    FIELDS: ClassVar[Fields] = (_uint("modify_operator", 2, ModifyOperator),
+                                Part("attribute", Ava.read))
 
 
 @dataclass(frozen=True, slots=True)
-class SetArgumentSimple:
+class SetArgumentSimple(LaidOut):
     """roiv-cmip-(confirmed-)set: obj-handle and a modification list."""
 
     obj_handle: int
     modification_list: tuple[AttributeModEntry, ...]
 
-    @classmethod
-    def read(cls, r: Reader) -> Self:
-        return cls(r.u16("obj-handle"),
-                   read_sequence(r, "modification-list", AttributeModEntry.read))
-
-    def write(self, w: Writer) -> None:
-        w.u16(self.obj_handle, "obj-handle")
-        write_sequence(w, self.modification_list, lambda w2, m: m.write(w2),
-                       "modification-list")
+    FIELDS: ClassVar[Fields] = (_OBJ_HANDLE,
+                                _SequenceOf("modification_list", AttributeModEntry.read))
 
 
 @dataclass(frozen=True, slots=True)
-class SetResultSimple:
+class SetResultSimple(_HandleAttributes):
     """rors-cmip-confirmed-set: obj-handle and the attributes as now set."""
 
+
+@dataclass(frozen=True, slots=True)
+class _Action(LaidOut):
+    """obj-handle, action-type and the action-info-args, kept as raw bytes: the argument
+    and the result of an ACTION (Annex A)."""
+
     obj_handle: int
-    attribute_list: AttributeList
+    action_type: ActionCode | int
+    action_info_args: bytes = b""
 
-    @classmethod
-    def read(cls, r: Reader) -> Self:
-        return cls(r.u16("obj-handle"), AttributeList.read(r, "attribute-list"))
-
-    def write(self, w: Writer) -> None:
-        w.u16(self.obj_handle, "obj-handle")
-        self.attribute_list.write(w)
+    FIELDS: ClassVar[Fields] = (_OBJ_HANDLE, _uint("action_type", 2, ActionCode),
+                                _OctetString("action_info_args"))
 
 
 @dataclass(frozen=True, slots=True)
-class ActionArgumentSimple:
+class ActionArgumentSimple(_Action):
     """roiv-cmip-(confirmed-)action; the action-info-args stay raw bytes."""
 
-    obj_handle: int
-    action_type: ActionCode | int
-    action_info_args: bytes = b""
-
-    @classmethod
-    def read(cls, r: Reader) -> Self:
-        return cls(r.u16("obj-handle"), known(ActionCode, r.u16("action-type")),
-                   read_octet_string(r, "action-info-args"))
-
-    def write(self, w: Writer) -> None:
-        w.u16(self.obj_handle, "obj-handle").u16(self.action_type, "action-type")
-        write_octet_string(w, self.action_info_args, "action-info-args")
-
 
 @dataclass(frozen=True, slots=True)
-class ActionResultSimple:
+class ActionResultSimple(_Action):
     """rors-cmip-confirmed-action; the action-info-args stay raw bytes."""
 
-    obj_handle: int
-    action_type: ActionCode | int
-    action_info_args: bytes = b""
-
-    @classmethod
-    def read(cls, r: Reader) -> Self:
-        return cls(r.u16("obj-handle"), known(ActionCode, r.u16("action-type")),
-                   read_octet_string(r, "action-info-args"))
-
-    def write(self, w: Writer) -> None:
-        w.u16(self.obj_handle, "obj-handle").u16(self.action_type, "action-type")
-        write_octet_string(w, self.action_info_args, "action-info-args")
-
 
 @dataclass(frozen=True, slots=True)
-class ErrorResult:
+class ErrorResult(LaidOut):
     """roer: error-value and a parameter ANY DEFINED BY error-value (kept raw)."""
 
     error_value: ErrorValue | int
     parameter: bytes = b""
 
-    @classmethod
-    def read(cls, r: Reader) -> Self:
-        return cls(known(ErrorValue, r.u16("error-value")), read_octet_string(r, "parameter"))
-
-    def write(self, w: Writer) -> None:
-        w.u16(self.error_value, "error-value")
-        write_octet_string(w, self.parameter, "parameter")
+    FIELDS: ClassVar[Fields] = (_uint("error_value", 2, ErrorValue), _OctetString("parameter"))
 
 
 @dataclass(frozen=True, slots=True)
-class RejectResult:
+class RejectResult(LaidOut):
     """rorj: the problem found with the invoke."""
 
     problem: RorjProblem | int
 
-    @classmethod
-    def read(cls, r: Reader) -> Self:
-        return cls(known(RorjProblem, r.u16("problem")))
-
-    def write(self, w: Writer) -> None:
-        w.u16(self.problem, "problem")
+    FIELDS: ClassVar[Fields] = (_uint("problem", 2, RorjProblem),)
 
 
 DataMessage = (EventReportArgumentSimple | EventReportResultSimple | GetArgumentSimple
@@ -1037,13 +942,7 @@ class PrstApdu(_Apdu):
 
     data: DataApdu
     TAG: ClassVar[ApduType] = ApduType.PRST
-
-    @classmethod
-    def read_content(cls, r: Reader) -> Self:
-        return cls(read_any(r, "PRST octet string", DataApdu.read))
-
-    def write_content(self, w: Writer) -> None:
-        write_any(w, self.data.write, "PRST octet string")
+    FIELDS: ClassVar[Fields] = (_Any("data", DataApdu.read, what="PRST octet string"),)
 
 
 Apdu = AarqApdu | AareApdu | RlrqApdu | RlreApdu | AbrtApdu | PrstApdu
