@@ -13,12 +13,12 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import urlsplit
 
 from bridge.auth.settings import DEFAULT_PROXY_CERT_HEADER, AuthSettings
-from bridge.backend.config import BackendConfig, ConfigError, parse_config
-from bridge.tomlconfig import Bounds, TomlTable, Wording
+from bridge.backend.config import BackendConfig, BackendFileWording, ConfigError, parse_config
+from bridge.tomlconfig import TomlTable
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,21 +45,8 @@ class ServeConfig:
     directory_file: Path | None = None
 
 
-class _Wording(Wording):
-    """The backend file's wording for integers (``expected at least 30, got 7``), so that
-    every table of the one file reads alike."""
-
-    def out_of_range(self, kind: Literal["integer", "number"], value: float,
-                     bounds: Bounds) -> str:
-        if kind == "number":
-            return super().out_of_range(kind, value, bounds)
-        if bounds.too_low(value):
-            return f"expected at least {bounds.lo}{bounds.why}, got {value!r}"
-        return f"expected at most {bounds.hi}, got {value!r}"
-
-
 def _root(data: Mapping[str, Any], source: str) -> TomlTable:
-    return TomlTable(data, wording=_Wording(),
+    return TomlTable(data, wording=BackendFileWording(),
                      error=lambda key, message: ConfigError(source, key or None, message))
 
 

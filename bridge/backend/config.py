@@ -97,8 +97,9 @@ class BackendConfig:
         return replace(self, broker=replace(self.broker, client_id=client_id))
 
 
-class _Wording(Wording):
-    """This file's wording for integers: ``expected at least 30 (…), got 7``."""
+class BackendFileWording(Wording):
+    """The backend file's wording for integers: ``expected at least 30 (…), got 7``. Every
+    table of the file reads alike (the ``[api]`` and ``[auth]`` tables use it too)."""
 
     def out_of_range(self, kind: Literal["integer", "number"], value: float,
                      bounds: Bounds) -> str:
@@ -117,7 +118,7 @@ class _Table:
                  reader: TomlTable | None = None) -> None:
         self.source, self.where = source, where
         self._t = reader or TomlTable(
-            data, where=where, wording=_Wording(),
+            data, where=where, wording=BackendFileWording(),
             error=lambda key, message: ConfigError(source, key or None, message))
 
     @property
