@@ -184,4 +184,28 @@ def throttled_login(store: Store, username: str, password: str, *, client_addres
     if patient_id is not None:
         with store.begin() as conn:
             conn.execute(t.delete().where(t.c.login_sha256 == key))
+    elif limits.max_failures > 0:
+        _audit_lock(store, key, username, limits, now)
     return patient_id
+
+
+def _audit_lock(store: Store, key: str, username: str, limits: LoginLimits,
+                now: dt.datetime) -> None:
+    """The failure that locks an existing account goes into the patient's audit trail, so
+    that the portal's audit page shows that someone guessed at the password (once per lock:
+    refused attempts are not failures and do not lock it again)."""
+    t = portal_login_failures
+    with store.begin() as conn:
+        failures = conn.execute(sa.select(sa.func.count()).select_from(t).where(
+            t.c.login_sha256 == key, t.c.failed_at > now - limits.window)).scalar_one()
+        if failures != limits.max_failures:
+            return
+        account = conn.execute(sa.select(portal_accounts.c.patient_id).where(
+            portal_accounts.c.username == username)).first()
+        if account is None:
+            return  # an unknown name: nobody to tell
+        patient_id = str(account.patient_id)
+        audit(conn, actor="portal", action="portal-login-locked", subject_type="patient",
+              subject_id=patient_id, patient_id=patient_id, at=now,
+              detail={"failures": int(failures),
+                      "window_s": int(limits.window.total_seconds())})

@@ -53,7 +53,8 @@ AUDIT_PAGE = 200
 _ACTIONS = {"pairing-consented": "You agreed to share data",
             "pairing-denied": "You refused a request to share data",
             "pairing-revoked": "Sharing stopped",
-            "portal-account-created": "Portal login created"}
+            "portal-account-created": "Portal login created",
+            "portal-login-locked": "Login locked after too many wrong passwords"}
 
 
 def audit_row(entry: AuditEntry, names: dict[str, str]) -> dict[str, str]:

@@ -11,10 +11,12 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
+from bridge.auth.portal import audit_row
 from bridge.web import free_port
 from tests.auth.harness import PASSWORD, Sandbox, form_value, running_sandbox
 
@@ -29,7 +31,7 @@ WINDOW_S = 900
 @pytest.fixture(scope="module")
 def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
     with running_sandbox(tmp_path_factory.mktemp("throttle"),
-                         patients=("alice", "bob", "carol", "dave", "erin", "frank"),
+                         patients=("alice", "bob", "carol", "dave", "erin", "frank", "gina"),
                          auth={"login_max_failures": LIMIT,
                                "login_failure_window_s": WINDOW_S,
                                "login_max_failures_per_address": 0}) as box:
@@ -98,6 +100,26 @@ def test_an_unknown_name_gets_the_same_answers(box: Sandbox) -> None:
         assert sorted(mine.headers) == sorted(theirs.headers)
     assert [r.status_code for r in known] == [401] * LIMIT + [429]
     assert abs(retry_after(known[-1]) - retry_after(unknown[-1])) <= 2
+
+
+def test_the_lock_of_an_account_goes_into_its_audit_trail_once(box: Sandbox) -> None:
+    def locks(patient: str) -> list[Any]:
+        return [e for e in box.store.audit_entries(patient_id=patient)
+                if e.action == "portal-login-locked"]
+
+    fail(box, "gina", LIMIT - 1)
+    assert locks("gina") == []  # wrong passwords alone are no lock
+    fail(box, "gina", 1)
+    retry_after(login(box, "gina", PASSWORD))  # refused: these add no entry
+    retry_after(login(box, "gina", WRONG))
+    [entry] = locks("gina")
+    assert entry.detail == {"failures": LIMIT, "window_s": WINDOW_S}
+    assert audit_row(entry, {})["what"] == "Login locked after too many wrong passwords"
+    assert "gina" not in str(entry.detail)  # the login name itself is not logged
+    # An unknown name has no trail to write to.
+    before = len(box.store.audit_entries(limit=10_000))
+    fail(box, "nobody-at-all", LIMIT)
+    assert len(box.store.audit_entries(limit=10_000)) == before
 
 
 def test_a_correct_login_clears_the_failures(box: Sandbox) -> None:
