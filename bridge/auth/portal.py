@@ -44,6 +44,7 @@ from bridge.auth.errors import OAuthError
 from bridge.auth.portal_templates import TEMPLATES
 from bridge.auth.scopes import SCOPE_LABELS, SUPPORTED_SCOPES
 from bridge.auth.server import HddtAuthorizationServer, current_connection, run_endpoint
+from bridge.auth.tls import ProxyNetworks, from_trusted_proxy, proxy_networks
 from bridge.auth.tokens import reading
 from bridge.backend.store import AuditEntry, list_audit
 
@@ -128,17 +129,12 @@ def safe_next(target: str | None) -> str:
     return target
 
 
-def client_address(request: Request,
-                   proxies: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> str:
+def client_address(request: Request, proxies: ProxyNetworks) -> str:
     """The address a request came from: the peer's, or behind a trusted reverse proxy the
     last address that proxy appended to ``X-Forwarded-For`` (what earlier hops wrote there
     could be made up by the client)."""
     peer = request.client.host if request.client is not None else ""
-    try:
-        trusted = any(ipaddress.ip_address(peer) in net for net in proxies)
-    except ValueError:
-        trusted = False
-    if trusted:
+    if from_trusted_proxy(request.scope, proxies):
         forwarded = ",".join(request.headers.getlist("x-forwarded-for")).split(",")
         last = forwarded[-1].strip()
         try:
@@ -153,7 +149,7 @@ def portal_routes(server: HddtAuthorizationServer) -> list[BaseRoute]:
     settings = server.settings
     codec = SessionCodec(server.secrets.session_key, settings.session_lifetime_s)
     limits = LoginLimits.of(settings)
-    proxies = [ipaddress.ip_network(p, strict=False) for p in settings.trusted_proxies]
+    proxies = proxy_networks(settings.trusted_proxies)
 
     def session_of(request: Request) -> Session | None:
         return codec.load(request.cookies.get(COOKIE))

@@ -75,24 +75,37 @@ class ClientCertH11Protocol(H11Protocol):
         self.app = _WithClientCert(self.app, [pem] if pem else [])
 
 
+ProxyNetworks = list[ipaddress.IPv4Network | ipaddress.IPv6Network]
+
+
+def proxy_networks(proxies: Iterable[str]) -> ProxyNetworks:
+    """The trusted reverse proxies (``[api] trusted_proxies``: addresses or networks)."""
+    return [ipaddress.ip_network(p, strict=False) for p in proxies]
+
+
+def from_trusted_proxy(scope: Scope, networks: ProxyNetworks) -> bool:
+    """Whether the request's peer is one of the trusted reverse proxies."""
+    client: Any = scope.get("client")
+    if not client:
+        return False
+    try:
+        address = ipaddress.ip_address(client[0])
+    except ValueError:
+        return False
+    return any(address in network for network in networks)
+
+
 class TrustedProxyMiddleware:
     """Takes the client certificate from ``header`` when the request comes from a trusted
     proxy address (IP or network); strips the header from everyone else's requests."""
 
     def __init__(self, app: ASGIApp, *, proxies: Iterable[str], header: str) -> None:
         self.app = app
-        self.networks = [ipaddress.ip_network(p, strict=False) for p in proxies]
+        self.networks = proxy_networks(proxies)
         self.header = header.lower().encode("latin-1")
 
     def trusted(self, scope: Scope) -> bool:
-        client: Any = scope.get("client")
-        if not client:
-            return False
-        try:
-            address = ipaddress.ip_address(client[0])
-        except ValueError:
-            return False
-        return any(address in network for network in self.networks)
+        return from_trusted_proxy(scope, self.networks)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
