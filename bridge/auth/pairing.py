@@ -355,10 +355,8 @@ def access_state_from_row(row: Sequence[Any]) -> AccessState:
     SQLAlchemy or straight from psycopg (:data:`ACCESS_STATE_SQL_POSTGRESQL`)."""
     (grant_revoked_at, pairing_id, patient_id, client_id, scopes, expires_at, revoked_at,
      active, certificate_sha256) = row
-    if isinstance(expires_at, str):  # raw SQLite text (naive UTC)
-        expires_at = dt.datetime.fromisoformat(expires_at)
-    expires_at = (expires_at.replace(tzinfo=dt.UTC) if expires_at.tzinfo is None
-                  else expires_at.astimezone(dt.UTC))
+    # Aware either way: UtcDateTime through SQLAlchemy, timestamptz straight from psycopg.
+    expires_at = expires_at.astimezone(dt.UTC)
     return AccessState(grant_revoked=grant_revoked_at is not None, pairing_id=pairing_id,
                        patient_id=patient_id, client_id=client_id,
                        client_active=bool(active),
