@@ -35,6 +35,7 @@ import json
 import os
 import shutil
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -54,6 +55,7 @@ from starlette.responses import Response  # noqa: E402
 from bridge.backend import registry  # noqa: E402
 from bridge.backend.ingest import Inbound, IngestProcessor  # noqa: E402
 from bridge.backend.store import Store  # noqa: E402
+from bridge.diga.connection import DigaIdentity  # noqa: E402
 from bridge.messages import RecordsMessage, batches, records_topic  # noqa: E402
 from bridge.records import (  # noqa: E402
     AnyRecord,
@@ -166,10 +168,9 @@ def serve_tokens(url: str, port: int, state: Path) -> None:
         store.close()
 
 
-def tokens_setup(store: Store, state: Path) -> Any:
+def tokens_setup(store: Store, state: Path) -> tuple[DigaIdentity, Path]:
     """Sandbox PKI, the DiGA registered, the patient's portal login, the trust store; the
-    DiGA's connection (:class:`bridge.diga.connection.Connection`) without its URLs yet."""
-    from bridge.diga.connection import DigaIdentity  # noqa: PLC0415
+    DiGA's identity and the CA certificate its client trusts."""
     from bridge.hddt.access import (  # noqa: PLC0415
         MIV_BLOOD_GLUCOSE,
         MIV_CONTINUOUS_GLUCOSE,
@@ -197,7 +198,8 @@ def tokens_setup(store: Store, state: Path) -> Any:
                         scopes=scopes), pki.ca.cert
 
 
-def pair(identity: Any, ca: Path, port: int, state: Path) -> tuple[str, Any]:
+def pair(identity: DigaIdentity, ca: Path, port: int, state: Path
+         ) -> tuple[str, ssl.SSLContext]:
     """Pair as a DiGA does (PAR, portal login and consent, code exchange); the access
     token and the client's TLS context."""
     from bridge.diga.client import DigaClient, mtls_context  # noqa: PLC0415
@@ -210,8 +212,8 @@ def pair(identity: Any, ca: Path, port: int, state: Path) -> tuple[str, Any]:
                             diga=identity, patients=(login,))
     with DigaClient(connection, PairingStore(state / "diga")) as client:
         paired = client.pair_with_portal("bench", login)
-    token: str = paired.access_token  # type: ignore[assignment]
-    return token, mtls_context(ca, identity.certificate, identity.private_key)
+    assert paired.access_token is not None, "the pairing gave no access token"
+    return paired.access_token, mtls_context(ca, identity.certificate, identity.private_key)
 
 
 # --- load generator --------------------------------------------------------------------------
