@@ -6,21 +6,9 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
-import pytest
-
 from tests.auth.data import seed_glucose
 from tests.auth.harness import DIGA_A, DIGA_B, bearer, running_sandbox
-from tests.backend.postgres import PostgresServer, postgres_available, shared_server
-
-
-@pytest.fixture(scope="module")
-def pg(request: pytest.FixtureRequest) -> PostgresServer:
-    if not postgres_available():
-        pytest.skip("PostgreSQL server binaries not installed")
-    server = shared_server(request.config)
-    if not server.running:
-        server.start()
-    return server
+from tests.backend.postgres import PostgresServer
 
 
 def test_pairing_refresh_replay_and_revoke_on_postgresql(tmp_path: Path,

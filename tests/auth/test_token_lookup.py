@@ -18,7 +18,7 @@ from bridge.auth.tokens import JwtAccessResolver, TokenSigner
 from bridge.hddt.access import AccessDenied
 from tests.auth.data import seed_glucose
 from tests.auth.harness import DIGA_A, bearer, running_sandbox
-from tests.backend.postgres import PostgresServer, postgres_available, shared_server
+from tests.backend.postgres import PostgresServer
 
 NOW = dt.datetime(2027, 3, 1, 12, 0, tzinfo=dt.UTC)
 
@@ -70,16 +70,6 @@ def test_the_kept_tokens_are_bounded(signer: TokenSigner, monkeypatch: pytest.Mo
     assert list(signer._verified) == issued[-5:]  # least recently used out first
     for token in issued:  # the ones let go verify again
         assert signer.access_claims(token, NOW)["sub"] == "pairing-1"
-
-
-@pytest.fixture(scope="module")
-def pg(request: pytest.FixtureRequest) -> PostgresServer:
-    if not postgres_available():
-        pytest.skip("PostgreSQL server binaries not installed")
-    server = shared_server(request.config)
-    if not server.running:
-        server.start()
-    return server
 
 
 def test_a_lost_lookup_connection_falls_back_and_revocation_still_holds(
